@@ -1,0 +1,95 @@
+"""Shared fixtures. Everything runs offline: the hub cache lives in a temporary HF_HOME built by the tests."""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+# Must happen before anything imports huggingface_hub (it reads these at import time).
+_HF_HOME = Path(tempfile.mkdtemp(prefix="saescope-hf-"))
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = str(_HF_HOME)
+os.environ["HF_HUB_CACHE"] = str(_HF_HOME / "hub")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["SAESCOPE_NO_PROGRESS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from hubcache import add_model_dir  # noqa: E402
+
+torch.set_num_threads(2)
+HUB = _HF_HOME / "hub"
+TINY_TOKENIZER = ROOT / "src" / "saescope" / "assets" / "tiny" / "model"
+TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]
+
+
+def _save_tokenizer(dst: Path) -> None:
+    for name in TOKENIZER_FILES:
+        shutil.copy(TINY_TOKENIZER / name, dst / name)
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Path:
+    HUB.mkdir(parents=True, exist_ok=True)
+    return HUB
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory) -> Path:
+    """A GPT-2-shaped random model (12 layers, d_model 64) saved as an HF directory, with n_ctx in config.json."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=4096, n_positions=128, n_ctx=128, n_embd=64, n_layer=12, n_head=4,
+                     activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # non-trivial LayerNorm parameters so that folding/centering differences would show
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("gpt2")
+    model.save_pretrained(out, safe_serialization=True)
+    _save_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gpt2_hub(hub_cache, gpt2_dir) -> str:
+    """The GPT-2-shaped model published offline as 'gpt2' and 'openai-community/gpt2'. Returns 'gpt2'."""
+    add_model_dir(hub_cache, "gpt2", gpt2_dir)
+    add_model_dir(hub_cache, "openai-community/gpt2", gpt2_dir)
+    return "gpt2"
+
+
+@pytest.fixture(scope="session")
+def pythia_dir(tmp_path_factory) -> Path:
+    """A Pythia-shaped (GPT-NeoX, parallel residual, rotary) random model saved as an HF directory."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(1)
+    cfg = GPTNeoXConfig(vocab_size=4096, hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
+                        intermediate_size=256, max_position_embeddings=128, rotary_pct=0.25,
+                        use_parallel_residual=True, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    model = GPTNeoXForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("pythia")
+    model.save_pretrained(out, safe_serialization=True)
+    _save_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pythia_hub(hub_cache, pythia_dir) -> str:
+    add_model_dir(hub_cache, "EleutherAI/pythia-70m", pythia_dir)
+    return "EleutherAI/pythia-70m"
