@@ -1,0 +1,24 @@
+"""Reading, steering and attribution with SAE features (the "use" layer: imports saescope.lm and saescope.sae
+objects only through the instances it is given).
+
+    from saescope.interp import read_features, generate_steered, Intervention
+    [r] = read_features(lm, sae, "The cat sat", top_k=5)
+    res = generate_steered(lm, sae, "I think", [Intervention(123, "add", 8.0)], seed=0)
+"""
+from __future__ import annotations
+
+from .attribute import Attribution, FeatureAttribution, direct_logit_attribution, gradient_attribution
+from .compat import check_feature, check_fits
+from .feature import FeatureInfo, TokenScore, feature_info, logit_lens, neuronpedia_url
+from .labels import load_labels
+from .read import (FeatureActivation, ReadResult, TokenFeatureStats, TokenRow, Trace, feature_trace,
+                   features_on_token, read_features)
+from .steer import Intervention, SteerResult, SteeringHook, generate_steered, parse_algebra, steer
+
+__all__ = [
+    "Attribution", "FeatureActivation", "FeatureAttribution", "FeatureInfo", "Intervention", "ReadResult",
+    "SteerResult", "SteeringHook", "TokenFeatureStats", "TokenRow", "TokenScore", "Trace", "check_feature",
+    "check_fits", "direct_logit_attribution", "feature_info", "feature_trace", "features_on_token",
+    "generate_steered", "gradient_attribution", "load_labels", "logit_lens", "neuronpedia_url", "parse_algebra",
+    "read_features", "steer",
+]
