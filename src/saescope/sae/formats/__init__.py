@@ -1,0 +1,89 @@
+"""Checkpoint formats: detection and loading into an ``SAE``. One module per format; see docs/formats.md.
+
+``load_sae(path)`` reads any of them; ``saelens.save_native`` writes the native (SAELens v6) layout.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ...errors import CheckpointError
+from . import attn_z, dictionary_learning, gemma_scope, openai, saelens, sparsify
+from .common import load_pt
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("saelens", "sparsify", "dictionary_learning", "gemma_scope", "openai", "attn_z")
+
+
+def detect(path) -> str:
+    """The format of ``path`` (a folder or a file), or CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file() and path.name in (saelens.WEIGHTS, saelens.CFG, sparsify.WEIGHTS, dictionary_learning.AE,
+                                         gemma_scope.PARAMS):
+        return detect(path.parent)
+    if saelens.detect(path):
+        return "saelens"
+    if sparsify.detect(path):
+        return "sparsify"
+    if dictionary_learning.detect(path):
+        return "dictionary_learning"
+    if gemma_scope.detect(path):
+        return "gemma_scope"
+    if attn_z.detect(path):
+        return "attn_z"
+    if path.is_file() and path.suffix in (".pt", ".pth"):
+        return "openai"  # confirmed by its keys when read
+    if path.is_dir():
+        pts = sorted(path.glob("*.pt"))
+        if len(pts) == 1:
+            return detect(pts[0])
+        if (path / saelens.CFG).is_file():
+            raise CheckpointError(f"{path}: has cfg.json but no {saelens.WEIGHTS} or {sparsify.WEIGHTS}")
+    raise CheckpointError(f"{path}: not a recognised SAE checkpoint (formats: {', '.join(FORMATS)}; see docs/formats.md)")
+
+
+def read(path, fmt: str | None = None):
+    """``(SAEConfig, state dict with SAELens names, log_sparsity or None, resolved path)``."""
+    path = Path(path)
+    fmt = fmt or detect(path)
+    if path.is_file() and fmt in ("saelens", "sparsify", "dictionary_learning") and path.suffix != ".pt":
+        path = path.parent
+    if fmt == "saelens":
+        cfg, state, sparsity = saelens.read(path)
+    elif fmt == "sparsify":
+        cfg, state, sparsity = sparsify.read(path)
+    elif fmt == "dictionary_learning":
+        cfg, state, sparsity = dictionary_learning.read(path)
+    elif fmt == "gemma_scope":
+        cfg, state, sparsity = gemma_scope.read(path)
+    elif fmt == "attn_z":
+        cfg, state, sparsity = attn_z.read(path)
+    elif fmt == "openai":
+        file = path if path.is_file() else next(iter(sorted(path.glob("*.pt"))), path)
+        raw = load_pt(file)
+        if openai.is_openai_state(raw):
+            cfg, state, sparsity = openai.read(file, raw)
+        elif "encoder.weight" in raw or "W_enc" in raw:
+            cfg, state, sparsity = dictionary_learning.read(file)
+        else:
+            raise CheckpointError(f"{file}: unknown .pt state dict (keys: {', '.join(list(map(str, raw))[:8])})")
+        path = file
+    else:
+        raise CheckpointError(f"{path}: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    return cfg, state, sparsity, path
+
+
+def load_sae(path, device=None, dtype=None, fmt: str | None = None):
+    """Load an SAE from any supported format; sets ``sae.path`` and ``sae.log_sparsity``."""
+    from ..model import SAE
+
+    cfg, state, sparsity, resolved = read(path, fmt)
+    sae = SAE.from_state_dict(cfg, state, device=device, dtype=dtype, source=str(resolved))
+    sae.path = resolved if resolved.is_dir() else resolved.parent
+    if sparsity is not None:
+        sae.log_sparsity = sparsity.to(device or "cpu")
+    log.debug("loaded %r from %s", sae, resolved)
+    return sae

@@ -1,0 +1,123 @@
+"""SAE configuration and metadata: frozen dataclasses with a JSON round trip.
+
+``SAEConfig.to_dict()`` is saescope's own form. The native ``cfg.json`` on disk is SAELens v6's layout
+(see ``formats/saelens.py``), which embeds this form under the ``"saescope"`` key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+TRANSFORMS = ("none", "center", "layer_norm", "constant_norm_rescale", "scale")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class SAEMetadata:
+    """How an SAE is meant to be used: which model, which hook, which tokenisation. Plain data."""
+
+    model_name: str | None = None
+    hook_name: str | None = None
+    hook_head_index: int | None = None
+    prepend_bos: bool = True
+    context_size: int | None = None
+    dataset_path: str | None = None
+    neuronpedia_id: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SAEMetadata":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = dict(d.pop("extra", None) or {})
+        known = {k: v for k, v in d.items() if k in names}
+        extra.update({k: v for k, v in d.items() if k not in names})  # unknown keys are kept, not dropped
+        if known.get("prepend_bos") is None:
+            known.pop("prepend_bos", None)
+        return cls(**known, extra=extra)
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Shape, activation and input handling of an SAE.
+
+    architecture: ``relu`` (SAELens "standard"), ``topk``, ``batchtopk``, ``jumprelu`` or ``gated``.
+    k: active latents per token for ``topk`` (and the training target of ``batchtopk``).
+    apply_b_dec_to_input: encode sees ``x - b_dec``.
+    input_transform: applied to the raw activation before the encoder and undone after the decoder
+    (``saescope.sae.transforms``). input_scale: the factor of the ``scale`` transform.
+    """
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    apply_b_dec_to_input: bool = False
+    input_transform: str = "none"
+    input_scale: float = 1.0
+    dtype: str = "float32"
+    metadata: SAEMetadata = field(default_factory=SAEMetadata)
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"SAEConfig.architecture: unknown value {self.architecture!r} (expected one of {', '.join(ARCHITECTURES)})")
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"SAEConfig.{name}: must be a positive integer, got {value!r}")
+        if self.architecture == "topk":
+            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
+                raise ConfigError(f"SAEConfig.k: a topk SAE needs 0 < k <= d_sae ({self.d_sae}), got {self.k!r}")
+        if self.input_transform not in TRANSFORMS:
+            raise ConfigError(f"SAEConfig.input_transform: unknown value {self.input_transform!r} (expected one of {', '.join(TRANSFORMS)})")
+        scale = self.input_scale
+        if not isinstance(scale, (int, float)) or not (scale == scale) or scale in (float("inf"), float("-inf")) or scale == 0:
+            raise ConfigError(f"SAEConfig.input_scale: must be a finite non-zero number, got {scale!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"SAEConfig.dtype: unknown value {self.dtype!r} (expected one of {', '.join(DTYPES)})")
+        if not isinstance(self.metadata, SAEMetadata):
+            object.__setattr__(self, "metadata", SAEMetadata.from_dict(self.metadata))
+
+    def replace(self, **changes: Any) -> "SAEConfig":
+        """A copy with some fields changed (``metadata`` may be given as a dict of metadata fields to change)."""
+        meta = changes.get("metadata")
+        if isinstance(meta, dict):
+            changes["metadata"] = dataclasses.replace(self.metadata, **meta)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["metadata"] = self.metadata.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAEConfig":
+        d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"SAEConfig: unknown field(s) {', '.join(unknown)}")
+        for required in ("architecture", "d_in", "d_sae"):
+            if required not in d:
+                raise ConfigError(f"SAEConfig: missing field {required!r}")
+        d["metadata"] = SAEMetadata.from_dict(d.get("metadata"))
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SAEConfig":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,40 @@
+"""Sparse TopK paths in pure PyTorch: encode to (values, indices), decode with ``embedding_bag``.
+
+A dense decode of a TopK code costs ``2 * d_sae * d_in`` FLOPs per token; the sparse one costs
+``2 * k * d_in``. All functions take any leading batch dimensions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def linear(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+    """``x @ W + b`` as one fused ``addmm``: ``[..., n] -> [..., m]`` with ``W [n, m]``, ``b [m]``."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    out = torch.addmm(b, x2, W) if b is not None else x2 @ W
+    return out.reshape(*lead, W.shape[-1])
+
+
+def topk_relu(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest pre-activations, ReLU'd: ``[..., d_sae] -> (values [..., k], indices [..., k])``."""
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return values.relu(), indices
+
+
+def scatter_dense(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
+    """Sparse code to dense: ``([..., k], [..., k]) -> [..., d_sae]`` (zeros elsewhere)."""
+    out = values.new_zeros(*values.shape[:-1], d_sae)
+    return out.scatter_(-1, indices, values)
+
+
+def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Tensor | None = None) -> Tensor:
+    """``sum_j values[j] * W_dec[indices[j]] (+ b_dec)``: ``([..., k], [..., k]) -> [..., d_in]``."""
+    lead = values.shape[:-1]
+    k = values.shape[-1]
+    out = F.embedding_bag(indices.reshape(-1, k), W_dec, per_sample_weights=values.reshape(-1, k).to(W_dec.dtype),
+                          mode="sum")
+    out = out.reshape(*lead, W_dec.shape[-1])
+    return out + b_dec if b_dec is not None else out

@@ -1,0 +1,262 @@
+"""The SAE module. With ``T`` the input transform (``transforms.py``) and ``x`` a raw activation:
+
+    x'   = T(x) - b_dec * apply_b_dec_to_input                        [..., d_in]
+    pre  = x' @ W_enc + b_enc                                         [..., d_sae]
+    f    = relu(pre)                                  (relu)
+         = relu(topk_k(pre))   others set to 0        (topk)
+         = relu(pre) * 1[pre > threshold]             (jumprelu; batchtopk at inference, see below)
+         = 1[x' @ W_enc + b_gate > 0] * relu(x' @ (W_enc * exp(r_mag)) + b_mag)      (gated)
+    x_hat = T^-1(f @ W_dec + b_dec)                                   [..., d_in]
+
+BatchTopK is trained with a batch-level top-k; at inference it is a JumpReLU with the threshold learned in
+training (as SAELens and dictionary_learning do), so its output for a token does not depend on the batch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, InputError
+from . import kernels, transforms
+from .config import SAEConfig
+from .transforms import TransformState
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    return name if isinstance(name, torch.dtype) else _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _DTYPES.items()}[dtype]
+
+
+def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors an SAE of this config holds, SAELens names and shapes."""
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    if cfg.architecture == "gated":
+        shapes.update(b_gate=(cfg.d_sae,), b_mag=(cfg.d_sae,), r_mag=(cfg.d_sae,))
+    else:
+        shapes["b_enc"] = (cfg.d_sae,)
+    if cfg.architecture in ("jumprelu", "batchtopk"):
+        shapes["threshold"] = (cfg.d_sae,)
+    return shapes
+
+
+class SparseCode(NamedTuple):
+    """A TopK code: ``values [..., k]`` at ``indices [..., k]``, plus the transform state of the input."""
+
+    values: Tensor
+    indices: Tensor
+    state: TransformState
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder. Parameters use SAELens names: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+    ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` (+ ``threshold`` for jumprelu/batchtopk, ``b_gate``, ``b_mag``,
+    ``r_mag`` instead of ``b_enc`` for gated)."""
+
+    def __init__(self, cfg: SAEConfig, device=None, dtype=None, seed: int | None = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.path: Path | None = None
+        self.log_sparsity: Tensor | None = None
+        dtype = torch_dtype(dtype or cfg.dtype)
+        if str(device) == "meta":  # shapes only; from_state_dict assigns the tensors
+            for name, shape in param_shapes(cfg).items():
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, device="meta", dtype=dtype)))
+            return
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
+        W_dec /= W_dec.norm(dim=-1, keepdim=True)  # unit decoder rows, tied encoder: a usable start for training
+        for name, shape in param_shapes(cfg).items():
+            if name == "W_dec":
+                value = W_dec
+            elif name == "W_enc":
+                value = W_dec.T.clone()
+            else:
+                value = torch.zeros(shape)
+            self.register_parameter(name, nn.Parameter(value.to(device=device, dtype=dtype)))
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        k = f", k={c.k}" if c.architecture == "topk" else ""
+        return (f"SAE({c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, transform={c.input_transform}, "
+                f"hook={c.metadata.hook_name}, model={c.metadata.model_name})")
+
+    # ---- encode / decode ----------------------------------------------------------------------------
+    def _prepare(self, x: Tensor) -> tuple[Tensor, TransformState]:
+        """Raw activation -> encoder input: ``[..., d_in]`` (or ``[..., n_heads, d_head]``) -> ``[..., d_in]``."""
+        x = x.to(self.dtype)
+        shape = None
+        if x.shape[-1] != self.d_in:
+            if x.ndim >= 2 and x.shape[-2] * x.shape[-1] == self.d_in:  # hook_z: concatenate the heads
+                shape = tuple(x.shape[-2:])
+                x = x.flatten(-2)
+            else:
+                raise InputError(f"activation has last dimension {x.shape[-1]}, but the SAE expects d_in={self.d_in} "
+                                 f"(hook {self.cfg.metadata.hook_name}); use the SAE's hook and model")
+        x, state = transforms.apply(self.cfg.input_transform, x, self.cfg.input_scale)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x, state._replace(shape=shape)
+
+    def _activate(self, x: Tensor) -> Tensor:
+        """Encoder input to features: ``[..., d_in] -> [..., d_sae]``."""
+        arch = self.cfg.architecture
+        if arch == "gated":
+            proj = kernels.linear(x, self.W_enc, None)
+            gate = (proj + self.b_gate) > 0
+            return gate.to(proj.dtype) * torch.relu(proj * self.r_mag.exp() + self.b_mag)
+        pre = kernels.linear(x, self.W_enc, self.b_enc)
+        if arch == "relu":
+            return torch.relu(pre)
+        if arch == "topk":
+            return kernels.scatter_dense(*kernels.topk_relu(pre, self.cfg.k), self.d_sae)
+        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)  # jumprelu, batchtopk
+
+    def encode_with_state(self, x: Tensor) -> tuple[Tensor, TransformState]:
+        """``[..., d_in] -> ([..., d_sae], state)``; ``state`` lets ``decode`` undo the input transform."""
+        x, state = self._prepare(x)
+        return self._activate(x), state
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Feature activations of raw activations: ``[..., d_in] -> [..., d_sae]``."""
+        return self.encode_with_state(x)[0]
+
+    def encode_sparse(self, x: Tensor) -> SparseCode:
+        """TopK only: ``[..., d_in] -> SparseCode(values [..., k], indices [..., k], state)``."""
+        if self.cfg.architecture != "topk":
+            raise ConfigError(f"encode_sparse needs a topk SAE, this one is {self.cfg.architecture}")
+        x, state = self._prepare(x)
+        return SparseCode(*kernels.topk_relu(kernels.linear(x, self.W_enc, self.b_enc), self.cfg.k), state)
+
+    def _finish(self, x_hat: Tensor, state: TransformState | None) -> Tensor:
+        if state is None:
+            state = transforms.fixed_state(self.cfg.input_transform, self.cfg.input_scale)
+        x_hat = transforms.invert(x_hat, state)
+        if state is not None and state.shape is not None:
+            x_hat = x_hat.unflatten(-1, state.shape)
+        return x_hat
+
+    def decode(self, f: Tensor, state: TransformState | None = None) -> Tensor:
+        """``[..., d_sae] -> [..., d_in]`` in raw activation space. Without ``state``, an input-dependent
+        transform (center, layer_norm, constant_norm_rescale) cannot be undone: the result is then in the
+        SAE's normalised space; ``none`` and ``scale`` are always undone."""
+        return self._finish(kernels.linear(f.to(self.dtype), self.W_dec, self.b_dec), state)
+
+    def decode_sparse(self, code: SparseCode) -> Tensor:
+        """``SparseCode -> [..., d_in]`` with an ``embedding_bag`` over the k active rows of ``W_dec``."""
+        return self._finish(kernels.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec), code.state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction ``decode(encode(x), state of x)``: ``[..., d_in] -> [..., d_in]``."""
+        if self.cfg.architecture == "topk":
+            return self.decode_sparse(self.encode_sparse(x))
+        f, state = self.encode_with_state(x)
+        return self.decode(f, state)
+
+    def error(self, x: Tensor) -> Tensor:
+        """The SAE error term ``x - forward(x)``: ``[..., d_in] -> [..., d_in]``."""
+        return x.to(self.dtype) - self.forward(x)
+
+    def feature_directions(self, idx=None) -> Tensor:
+        """Decoder rows in raw activation space (the fixed ``scale`` undone): ``[n, d_in]``
+        (all features, or those in ``idx``: an int, a list or a LongTensor)."""
+        W = self.W_dec if idx is None else self.W_dec[torch.as_tensor(idx, device=self.device).reshape(-1)]
+        if self.cfg.input_transform == "scale":
+            W = W / self.cfg.input_scale
+        return W
+
+    # ---- folding ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Give every decoder row unit norm, scaling the encoder so that ``forward`` is unchanged and each
+        feature activation is multiplied by its decoder norm. Refused for topk unless the norms are already 1
+        (rescaling would change which k latents win)."""
+        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
+        if self.cfg.architecture == "topk":
+            if torch.allclose(norms, torch.ones_like(norms), atol=1e-5):
+                return
+            raise ConfigError("fold_W_dec_norm: not exact for a topk SAE whose decoder rows are not unit norm")
+        self.W_dec.div_(norms[:, None])
+        self.W_enc.mul_(norms[None, :])
+        for name in ("b_enc", "threshold", "b_gate", "b_mag"):
+            if hasattr(self, name):
+                getattr(self, name).mul_(norms)
+
+    @torch.no_grad()
+    def fold_input_scale(self) -> None:
+        """Fold the ``scale`` transform ``x * s`` into the weights (W_enc * s; W_dec, b_dec / s), leaving
+        transform ``none`` with identical features and reconstructions."""
+        if self.cfg.input_transform != "scale":
+            return
+        s = float(self.cfg.input_scale)
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+        self.cfg = self.cfg.replace(input_transform="none", input_scale=1.0)
+
+    # ---- files ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path, device=None, dtype=None) -> "SAE":
+        """Load any supported format (auto-detected; see docs/formats.md)."""
+        from .formats import load_sae
+
+        return load_sae(path, device=device, dtype=dtype)
+
+    def save(self, path) -> None:
+        """Write the native format (SAELens v6 layout) into directory ``path``, file by file atomically."""
+        from .formats.saelens import save_native
+
+        save_native(self, path)
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, device=None) -> "SAE":
+        """A registered release (``saescope list``), through the huggingface_hub cache."""
+        from .registry import load_pretrained
+
+        return load_pretrained(release, sae_id, device=device)
+
+    @classmethod
+    def from_spec(cls, spec: str, device=None) -> "SAE":
+        """A local path, or ``RELEASE:SAE_ID`` (``tiny:<id>`` = the bundled SAEs)."""
+        from .registry import load_spec
+
+        return load_spec(spec, device=device)
+
+    @classmethod
+    def from_state_dict(cls, cfg: SAEConfig, state: dict[str, Tensor], device=None, dtype=None,
+                        source: str = "state dict") -> "SAE":
+        """Build an SAE from tensors with SAELens names; checks names, shapes and finiteness."""
+        from .formats.common import check_state
+
+        check_state(cfg, state, source)
+        sae = cls(cfg, device="meta")
+        dtype = torch_dtype(dtype or cfg.dtype)
+        for name in param_shapes(cfg):
+            setattr(sae, name, nn.Parameter(state[name].detach().to(device=device or "cpu", dtype=dtype).contiguous()))
+        if dtype_name(dtype) != cfg.dtype:
+            sae.cfg = cfg.replace(dtype=dtype_name(dtype))
+        return sae
