@@ -1,0 +1,341 @@
+"""saescope.lm against TransformerLens (the reference peer), plain HF, and independent recomputation."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from saescope.errors import HookError, InputError, ModelLoadError, SaescopeError
+from saescope.lm import HookContext, LanguageModel
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Sparse autoencoders read features"]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def gpt2_lm(gpt2_hub) -> LanguageModel:
+    return LanguageModel.from_pretrained(gpt2_hub, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def pythia_lm(pythia_hub) -> LanguageModel:
+    return LanguageModel.from_pretrained(pythia_hub, device="cpu")
+
+
+def _tl(name: str, lm: LanguageModel, processed: bool):
+    from transformer_lens import HookedTransformer
+
+    load = HookedTransformer.from_pretrained if processed else HookedTransformer.from_pretrained_no_processing
+    model = load(name, hf_model=lm.hf_model, tokenizer=lm.tokenizer, device="cpu", dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def gpt2_tl(gpt2_lm):
+    return _tl("gpt2", gpt2_lm, processed=False)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tl_processed(gpt2_lm):
+    return _tl("gpt2", gpt2_lm, processed=True)
+
+
+@pytest.fixture(scope="session")
+def pythia_tl(pythia_lm):
+    return _tl("EleutherAI/pythia-70m", pythia_lm, processed=False)
+
+
+# ----------------------------------------------------------------------------------------------- equivalence
+@pytest.mark.parametrize("which", ["gpt2", "pythia"])
+def test_every_hook_matches_transformerlens(which, request):
+    lm = request.getfixturevalue(f"{which}_lm")
+    tl = request.getfixturevalue(f"{which}_tl")
+    tokens = tl.to_tokens(TEXTS[0])
+    ours = lm.run(tokens, capture=lm.hook_names(), return_logits=True)
+    _, cache = tl.run_with_cache(tokens)
+    names = lm.hook_names()
+    assert len(names) == lm.info.n_layers * (6 if lm.info.parallel_residual else 7)
+    for name in names:
+        assert ours[name].shape == cache[name].shape, name
+        assert rel_err(ours[name], cache[name]) < 1e-4, name
+    assert rel_err(ours["logits"], tl(tokens)) < 1e-4
+
+
+def test_pythia_has_no_resid_mid(pythia_lm):
+    assert pythia_lm.info.parallel_residual
+    assert not any("resid_mid" in n for n in pythia_lm.hook_names())
+    with pytest.raises(HookError, match="parallel residual"):
+        pythia_lm.run("hi", capture="blocks.0.hook_resid_mid")
+
+
+def test_centered_resid_matches_processed_transformerlens(gpt2_lm, gpt2_tl_processed):
+    tokens = gpt2_tl_processed.to_tokens(TEXTS[0])
+    resid = [n for n in gpt2_lm.hook_names() if "hook_resid" in n]
+    ours = gpt2_lm.run(tokens, capture=resid)
+    _, cache = gpt2_tl_processed.run_with_cache(tokens, names_filter=resid)
+    for name in resid:
+        centered = ours[name] - ours[name].mean(-1, keepdim=True)
+        assert rel_err(centered, cache[name]) < 1e-4, name
+    # and without the centering they differ visibly: the test can tell the two conventions apart
+    assert rel_err(ours["blocks.6.hook_resid_pre"], cache["blocks.6.hook_resid_pre"]) > 1e-3
+
+
+def test_tokens_match_transformerlens(gpt2_lm, gpt2_tl):
+    for text in TEXTS + [" leading space", "a"]:
+        assert torch.equal(gpt2_lm.to_tokens(text, prepend_bos=True), gpt2_tl.to_tokens(text, prepend_bos=True))
+        assert torch.equal(gpt2_lm.to_tokens(text, prepend_bos=False), gpt2_tl.to_tokens(text, prepend_bos=False))
+        assert gpt2_lm.to_str_tokens(text) == gpt2_tl.to_str_tokens(text)
+    assert torch.equal(gpt2_lm.to_tokens(TEXTS[0]), gpt2_tl.to_tokens(TEXTS[0]))   # default prepends BOS
+    assert gpt2_lm.info.default_prepend_bos
+
+
+def test_padded_batch_equals_single_rows(gpt2_lm):
+    toks = gpt2_lm.tokenize(TEXTS)
+    lengths = toks.attention_mask.sum(-1)
+    assert lengths[0] != lengths[1] and bool((toks.attention_mask[:, :1] == 1).all())   # right-padded
+    batch = gpt2_lm.run(TEXTS, capture=["blocks.5.hook_resid_post"], return_logits=True)
+    for i, text in enumerate(TEXTS):
+        single = gpt2_lm.run(text, capture=["blocks.5.hook_resid_post"], return_logits=True)
+        n = int(lengths[i])
+        assert rel_err(batch["blocks.5.hook_resid_post"][i, :n], single["blocks.5.hook_resid_post"][0]) < 1e-5
+        assert rel_err(batch["logits"][i, :n], single["logits"][0]) < 1e-5
+
+
+def test_info_and_weights(gpt2_lm, gpt2_tl):
+    info = gpt2_lm.info
+    assert (info.n_layers, info.d_model, info.n_heads, info.d_head, info.d_mlp, info.d_vocab, info.n_ctx) == \
+        (gpt2_tl.cfg.n_layers, gpt2_tl.cfg.d_model, gpt2_tl.cfg.n_heads, gpt2_tl.cfg.d_head, gpt2_tl.cfg.d_mlp,
+         gpt2_tl.cfg.d_vocab, gpt2_tl.cfg.n_ctx)
+    assert torch.allclose(gpt2_lm.unembed_matrix(), gpt2_tl.W_U)
+    assert gpt2_lm.hook_width("blocks.0.attn.hook_z") == info.d_head
+    assert gpt2_lm.hook_width("blocks.0.mlp.hook_post") == info.d_mlp
+    assert gpt2_lm.hook_width("blocks.0.hook_resid_pre") == info.d_model
+    assert gpt2_lm.hook_layer("blocks.11.hook_mlp_out") == 11
+    # logit lens of the last resid_post through final_norm and W_U reproduces the logits
+    out = gpt2_lm.run(TEXTS[0], capture="blocks.11.hook_resid_post", return_logits=True)
+    lens = gpt2_lm.final_norm()(out["blocks.11.hook_resid_post"]) @ gpt2_lm.unembed_matrix()
+    assert rel_err(lens, out["logits"]) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def test_writes_flow_on_like_transformerlens(gpt2_lm, gpt2_tl):
+    """Each writable hook: our edit and the same TL hook give the same logits (and differ from unedited)."""
+    tokens = gpt2_tl.to_tokens(TEXTS[1])
+    base = gpt2_tl(tokens)
+    g = torch.Generator().manual_seed(0)
+    for kind in ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
+                 "hook_mlp_out", "hook_resid_post"]:
+        name = f"blocks.4.{kind}"
+        width = gpt2_lm.hook_width(name)
+        delta = torch.randn(width, generator=g)
+        with gpt2_lm.intervene({name: lambda a: a + delta}):
+            ours = gpt2_lm(tokens)
+        theirs = gpt2_tl.run_with_hooks(tokens, fwd_hooks=[(name, lambda a, hook: a + delta)])
+        assert rel_err(ours, theirs) < 1e-4, name
+        assert rel_err(ours, base) > 1e-3, name
+
+
+def test_interventions_compose_in_order(gpt2_lm):
+    hook = "blocks.3.hook_resid_mid"
+    with gpt2_lm.intervene({hook: lambda a: a * 2}):
+        with gpt2_lm.intervene({hook: lambda a: a + 1.0}):
+            nested = gpt2_lm.run(TEXTS[0], capture=["blocks.3.hook_resid_mid", "blocks.5.hook_resid_pre"])
+    plain = gpt2_lm.run(TEXTS[0], capture=[hook])[hook]
+    assert rel_err(nested[hook], plain * 2 + 1.0) < 1e-6          # (a * 2) + 1, not (a + 1) * 2
+    with gpt2_lm.intervene({hook: lambda a: plain * 2 + 1.0}):    # replacing by the same value: same downstream
+        direct = gpt2_lm.run(TEXTS[0], capture=["blocks.5.hook_resid_pre"])
+    assert rel_err(nested["blocks.5.hook_resid_pre"], direct["blocks.5.hook_resid_pre"]) < 1e-5
+    # several hooks in one dict, and the context manager cleans up
+    with gpt2_lm.intervene({"blocks.1.hook_attn_out": lambda a: a * 0, "blocks.2.hook_mlp_out": lambda a: a * 0}):
+        ablated = gpt2_lm.run(TEXTS[0], capture=["blocks.1.hook_attn_out", "blocks.2.hook_mlp_out"])
+    assert ablated["blocks.1.hook_attn_out"].abs().max() == 0 and ablated["blocks.2.hook_mlp_out"].abs().max() == 0
+    assert gpt2_lm._edits == []
+    after = gpt2_lm.run(TEXTS[0], capture=[hook])[hook]
+    assert torch.equal(after, plain)
+
+
+def test_resid_mid_write_reaches_mlp_and_residual(gpt2_lm):
+    """Independent recomputation: replace resid_mid by r, then resid_post must be r + MLP(ln_2(r))."""
+    block = gpt2_lm.hf_model.transformer.h[2]
+    r = torch.randn(1, gpt2_lm.to_tokens(TEXTS[1]).shape[1], gpt2_lm.info.d_model)
+    with gpt2_lm.intervene({"blocks.2.hook_resid_mid": lambda a: r}):
+        got = gpt2_lm.run(TEXTS[1], capture=["blocks.2.hook_resid_post"])["blocks.2.hook_resid_post"]
+    with torch.no_grad():
+        expected = r + block.mlp(block.ln_2(r))
+    assert rel_err(got, expected) < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- early exit
+@pytest.fixture(scope="session")
+def wide_lm(tmp_path_factory) -> LanguageModel:
+    """12 layers, d_model 256: wide enough that a forward pass is dominated by the blocks."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import _save_tokenizer
+
+    torch.manual_seed(2)
+    cfg = GPT2Config(vocab_size=4096, n_positions=256, n_embd=256, n_layer=12, n_head=4, bos_token_id=0,
+                     eos_token_id=0)
+    out = tmp_path_factory.mktemp("wide")
+    GPT2LMHeadModel(cfg).save_pretrained(out)
+    _save_tokenizer(out)
+    return LanguageModel.from_pretrained(str(out), device="cpu")
+
+
+def _best_time(fn, repeats: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def test_early_exit(wide_lm):
+    tokens = torch.randint(0, 4096, (4, 128), generator=torch.Generator().manual_seed(0))
+    calls = []
+    handles = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in
+               enumerate(wide_lm.hf_model.transformer.h)]
+    try:
+        early = wide_lm.run(tokens, capture="blocks.2.hook_resid_pre")
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == [0, 1, 2]                    # blocks 3..11 never ran
+    full = wide_lm.run(tokens, capture="blocks.2.hook_resid_pre", return_logits=True)
+    assert torch.equal(early["blocks.2.hook_resid_pre"], full["blocks.2.hook_resid_pre"])
+    t_early = _best_time(lambda: wide_lm.run(tokens, capture="blocks.2.hook_resid_pre"))
+    t_full = _best_time(lambda: wide_lm(tokens))
+    assert t_early < 0.5 * t_full, (t_early, t_full)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+def test_generate_steps_see_one_new_position(gpt2_lm):
+    seen = []
+
+    def spy(act, ctx: HookContext):
+        seen.append((ctx.step, tuple(act.shape), ctx.positions.tolist(), ctx.prompt_lengths.tolist()))
+        return act
+
+    prompts = ["Hello there", "A much longer prompt with more tokens"]
+    lengths = gpt2_lm.tokenize(prompts).attention_mask.sum(-1).tolist()
+    with gpt2_lm.intervene({"blocks.6.hook_resid_pre": spy}):
+        out = gpt2_lm.generate(prompts, max_new_tokens=4)
+    assert out.shape == (2, max(lengths) + 4)
+    assert len(seen) == 4                                        # prompt pass + 3 cached steps
+    step0 = seen[0]
+    assert step0[0] == 0 and step0[1][1] == max(lengths) and step0[3] == lengths
+    short = step0[2][0]                                          # left-padded short prompt: -1 on padding
+    assert short == [-1] * (max(lengths) - lengths[0]) + list(range(lengths[0]))
+    for n, (step, shape, positions, _) in enumerate(seen[1:], start=1):
+        assert step == n and shape == (2, 1, gpt2_lm.info.d_model)
+        assert positions == [[lengths[0] + n - 1], [lengths[1] + n - 1]]
+
+
+def test_generate_matches_uncached_greedy(gpt2_lm):
+    """KV-cached steered generation equals re-running the full sequence each step with the same edit."""
+    vec = torch.randn(gpt2_lm.info.d_model, generator=torch.Generator().manual_seed(3)) * 2
+    edit = {"blocks.6.hook_resid_pre": lambda a: a + vec}
+    prompts = ["Hello there", "A much longer prompt with more tokens"]
+    with gpt2_lm.intervene(edit):
+        out = gpt2_lm.generate(prompts, max_new_tokens=6)
+        for i, prompt in enumerate(prompts):
+            ids = gpt2_lm.to_tokens(prompt)
+            for _ in range(6):
+                ids = torch.cat([ids, gpt2_lm(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            assert torch.equal(out[i, -ids.shape[1]:], ids[0])
+
+
+def test_steered_generation_matches_transformerlens(gpt2_lm, gpt2_tl):
+    vec = torch.randn(gpt2_lm.info.d_model, generator=torch.Generator().manual_seed(4)) * 3
+    tokens = gpt2_tl.to_tokens("The cat sat on")
+    with gpt2_tl.hooks(fwd_hooks=[("blocks.6.hook_resid_pre", lambda a, hook: a + vec)]):
+        theirs = gpt2_tl.generate(tokens, max_new_tokens=32, do_sample=False, use_past_kv_cache=True,
+                                  stop_at_eos=False, verbose=False)
+    with gpt2_lm.intervene({"blocks.6.hook_resid_pre": lambda a: a + vec}):
+        ours = gpt2_lm.generate(tokens, max_new_tokens=32)
+    plain = gpt2_lm.generate(tokens, max_new_tokens=32)
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, plain)          # the steering changed something
+
+
+def test_seeded_sampling(gpt2_lm):
+    kw = dict(max_new_tokens=12, do_sample=True, temperature=1.5, top_p=0.9)
+    a = gpt2_lm.generate(TEXTS[1], seed=7, **kw)
+    b = gpt2_lm.generate(TEXTS[1], seed=7, **kw)
+    c = gpt2_lm.generate(TEXTS[1], seed=8, **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    greedy = gpt2_lm.generate(TEXTS[1], max_new_tokens=12)
+    assert torch.equal(gpt2_lm.generate(TEXTS[1], max_new_tokens=12, do_sample=True, temperature=0), greedy)
+    texts = gpt2_lm.generate(TEXTS[1], max_new_tokens=12, return_text=True)
+    assert texts == [gpt2_lm.to_string(greedy[0, gpt2_lm.to_tokens(TEXTS[1]).shape[1]:])]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    picks = {int(LanguageModel._pick(logits, True, 1.0, 0.7, g)) for _ in range(300)}
+    assert picks == {0, 1}
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert isinstance(exc.value, SaescopeError) and "\n" not in msg and msg
+    return msg
+
+
+def test_bad_hooks(gpt2_lm):
+    with pytest.raises(HookError) as e:
+        gpt2_lm.run("hi", capture="blocks.0.hook_resid_prex")
+    msg = _one_line(e)
+    assert "blocks.0.hook_resid_prex" in msg and "hook_resid_pre" in msg and "attn.hook_z" in msg
+    with pytest.raises(HookError) as e:
+        gpt2_lm.run("hi", capture="blocks.12.hook_resid_pre")
+    assert "0..11" in _one_line(e)
+    with pytest.raises(HookError) as e:
+        with gpt2_lm.intervene({"blocks.-1.hook_mlp_out": lambda a: a}):
+            pass
+    _one_line(e)
+    with pytest.raises(HookError) as e:
+        with gpt2_lm.intervene({"blocks.0.hook_mlp_out": lambda a: a[..., :3]}):
+            gpt2_lm("hi")
+    assert "shape" in _one_line(e)
+    assert gpt2_lm._edits == []
+
+
+def test_bad_inputs(gpt2_lm):
+    for bad, kw in [(torch.tensor([[5000]]), {}), ([], {}), (3.5, {}), ("x" * 3, {"max_new_tokens": -1}),
+                    ("hi", {"top_p": 0}), ("hi", {"temperature": float("nan")}), ("hi", {"max_new_tokens": 500})]:
+        with pytest.raises(InputError) as e:
+            gpt2_lm.generate(bad, **kw) if kw else gpt2_lm(bad)
+        _one_line(e)
+
+
+def test_load_errors(tmp_path, hub_cache):
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained(str(tmp_path / "nope"))
+    assert "nope" in _one_line(e) and "not found" in str(e.value)
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained(str(tmp_path))              # exists, but no config.json
+    assert "config.json" in _one_line(e)
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained("some-org/not-a-cached-model")
+    msg = _one_line(e)
+    assert "some-org/not-a-cached-model" in msg and "offline" in msg and "local" in msg
+
+
+def test_loads_from_local_dir_and_hub_alias(gpt2_dir, gpt2_hub, gpt2_lm):
+    local = LanguageModel.from_pretrained(str(gpt2_dir), device="cpu")
+    assert local.name == str(gpt2_dir) and gpt2_lm.name == "gpt2"
+    alias = LanguageModel.from_pretrained("openai-community/gpt2", device="cpu")
+    ids = gpt2_lm.to_tokens(TEXTS[0])
+    assert torch.equal(local(ids), gpt2_lm(ids)) and torch.equal(alias(ids), gpt2_lm(ids))
+    assert local.dtype == torch.float32
