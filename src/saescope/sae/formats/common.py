@@ -141,6 +141,12 @@ def check_state(cfg, state: dict, source: str) -> None:
 
 
 # ---- atomic writes ----------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +154,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -155,6 +162,13 @@ def _atomic(path: Path, write) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def make_temp_dir(target: Path) -> Path:
+    """A fresh directory beside ``target`` (normal permissions), to be renamed onto it when complete."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ import torch
 from ..._version import __version__
 from ...errors import CheckpointError, ConfigError
 from ..config import SAEConfig, SAEMetadata
-from .common import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
+from .common import atomic_save_safetensors, atomic_write_json, load_safetensors, make_temp_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,18 @@ def save_native(sae, path) -> None:
         sae.fold_input_scale()
     cfg = sae.cfg.replace(dtype=dtype_name(sae.dtype))
     tensors = {name: getattr(sae, name).detach() for name in param_shapes(cfg)}
-    atomic_save_safetensors(tensors, path / WEIGHTS, metadata={"format": "pt"})
-    if sae.log_sparsity is not None:
-        atomic_save_safetensors({"sparsity": sae.log_sparsity.detach().float()}, path / SPARSITY)
-    atomic_write_json(path / CFG, native_cfg_dict(cfg))
+    fresh = not path.exists()
+    if fresh:  # a new folder appears whole or not at all
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target, path = path, make_temp_dir(path)
+    try:
+        atomic_save_safetensors(tensors, path / WEIGHTS, metadata={"format": "pt"})
+        if sae.log_sparsity is not None:
+            atomic_save_safetensors({"sparsity": sae.log_sparsity.detach().float()}, path / SPARSITY)
+        atomic_write_json(path / CFG, native_cfg_dict(cfg))
+        if fresh:
+            os.replace(path, target)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
