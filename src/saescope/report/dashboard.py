@@ -1,0 +1,96 @@
+"""Static feature dashboards: self-contained HTML that opens from disk.
+
+    build_dashboard(lm, sae, source, out_dir, config) -> DashboardResult     statistics + store + pages
+    write_dashboard(store, out_dir) -> int                                    pages from an existing store
+
+Layout of ``out_dir``::
+
+    index.html              search and sort by label, density, max activation
+    features/<id>.html      one page per feature
+    features.sqlite         the feature store the pages were made from
+    .saescope-dashboard.json   marker: a directory holding it may be rebuilt in place
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..progress import progress
+from . import html
+from .stats import StatsConfig, compute_feature_stats
+from .store import STORE_FILE, FeatureStore
+
+log = logging.getLogger(__name__)
+
+MARKER = ".saescope-dashboard.json"
+
+
+@dataclass(frozen=True)
+class DashboardResult:
+    out_dir: Path
+    index: Path
+    n_features: int
+    n_tokens: int
+    stats_seconds: float
+    render_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "index": str(self.index), "n_features": self.n_features,
+                "n_tokens": self.n_tokens, "stats_seconds": round(self.stats_seconds, 3),
+                "render_seconds": round(self.render_seconds, 3),
+                "tokens_per_second": round(self.n_tokens / self.stats_seconds, 1) if self.stats_seconds else None}
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse a non-empty directory that is not a previous dashboard (never clobber someone's files)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise InputError(f"--out {out} is not empty and holds no previous dashboard; give an empty or new directory")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_dashboard(store: FeatureStore, out_dir: str | Path) -> int:
+    """Render every feature page and the index from ``store`` into ``out_dir``. Returns the number of pages."""
+    out = Path(out_dir)
+    check_out_dir(out)
+    (out / "features").mkdir(parents=True, exist_ok=True)
+    _write(out / MARKER, json.dumps({"format": "saescope-dashboard-1", "store": STORE_FILE}))
+    meta = {**store.meta}
+    edges = store.hist_edges
+    n = 0
+    for rec in progress(store.records(), total=len(store), desc="pages", unit="page"):
+        body = html.feature_body(rec, meta, edges, link=lambda i: f"{i}.html", n_tokens=store.n_tokens)
+        title = f"Feature {rec.index}" + (f" · {rec.label}" if rec.label else "")
+        _write(out / "features" / f"{rec.index}.html", html.page(title, body, html.header("../index.html", meta)))
+        n += 1
+    index = html.index_body(store.summaries(), meta, "features/{id}.html")
+    _write(out / "index.html", html.page(f"saescope · {meta.get('hook') or 'features'}", index,
+                                         html.header("index.html", meta), f"<script>{html.asset('index.js')}</script>"))
+    return n
+
+
+def build_dashboard(lm, sae, source, out_dir: str | Path, config: StatsConfig = StatsConfig(),
+                    resume: bool = False) -> DashboardResult:
+    """Statistics of every feature over ``source`` (``config.n_tokens`` tokens) -> ``out_dir`` with the store and pages."""
+    out = Path(out_dir)
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / MARKER, json.dumps({"format": "saescope-dashboard-1", "store": STORE_FILE}))
+    stats = compute_feature_stats(lm, sae, source, config, out=out / STORE_FILE, resume=resume)
+    from ..interp.labels import load_labels
+
+    t0 = time.perf_counter()
+    with FeatureStore(out / STORE_FILE, labels=load_labels(sae)) as store:
+        n = write_dashboard(store, out)
+    return DashboardResult(out, out / "index.html", n, stats.n_tokens, stats.seconds, time.perf_counter() - t0)

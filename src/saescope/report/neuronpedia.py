@@ -1,0 +1,166 @@
+"""Export a feature store to Neuronpedia's upload layout.
+
+Neuronpedia imports a source as gzipped JSON-lines batches, one object per line, with the field names of its
+database rows (the ``Feature`` and ``Activation`` tables, as written by Neuronpedia's own export utilities)::
+
+    <out>/<modelId>/<layer>-<set>/source.jsonl
+    <out>/<modelId>/<layer>-<set>/features/batch-<n>.jsonl.gz       one Feature per line
+    <out>/<modelId>/<layer>-<set>/activations/batch-<n>.jsonl.gz    one Activation (a context) per line
+
+Fields saescope has no data for are present with empty values (empty lists, null), as Neuronpedia's schema
+allows. The histogram is the store's log-spaced activation histogram (bar values = geometric bin centres).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import InputError
+from .store import FeatureStore
+
+FEATURE_FIELDS = (
+    "modelId", "layer", "index", "creatorId", "createdAt", "maxActApprox", "hasVector", "vector", "vectorLabel",
+    "vectorDefaultSteerStrength", "hookName", "topkCosSimIndices", "topkCosSimValues", "neuron_alignment_indices",
+    "neuron_alignment_values", "neuron_alignment_l1", "correlated_neurons_indices", "correlated_neurons_pearson",
+    "correlated_neurons_l1", "correlated_features_indices", "correlated_features_pearson", "correlated_features_l1",
+    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero", "freq_hist_data_bar_heights",
+    "freq_hist_data_bar_values", "logits_hist_data_bar_heights", "logits_hist_data_bar_values", "decoder_weights_dist",
+)
+ACTIVATION_FIELDS = (
+    "id", "tokens", "index", "layer", "modelId", "maxValue", "maxValueTokenIndex", "minValue", "values", "creatorId",
+    "dataSource", "dataIndex", "dfaValues", "dfaTargetIndex", "dfaMaxValue", "createdAt", "lossValues",
+    "logitContributions", "binMin", "binMax", "binContains", "qualifyingTokenIndex",
+)
+SOURCE_FIELDS = ("id", "modelId", "setName", "visibility", "dataset", "num_prompts", "num_tokens_in_prompt",
+                 "hfRepoId", "hfFolderId", "creatorId")
+
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    source_dir: Path
+    n_features: int
+    n_activations: int
+    feature_files: list[Path]
+    activation_files: list[Path]
+
+
+def _cuid(*parts) -> str:
+    """A deterministic 25-character id in the style of Neuronpedia's cuids (lowercase, starts with a letter)."""
+    h = int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest(), 16)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for _ in range(24):
+        h, r = divmod(h, 36)
+        out.append(digits[r])
+    return "c" + "".join(out)
+
+
+def _write_gz(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str | None = None, set_name: str = "saescope",
+                       layer: int | None = None, creator_id: str = "saescope", features_per_batch: int = 128,
+                       include_vectors: bool = False, sae=None) -> ExportResult:
+    """Write ``store`` as Neuronpedia feature/activation batches under ``out_dir/<modelId>/<layer>-<set_name>/``.
+
+    model_id defaults to the store's model name; layer to the hook's layer (``blocks.L.``). ``include_vectors``
+    (needs ``sae``) adds each feature's decoder direction as its steering vector.
+    """
+    meta = store.meta
+    if model_id is None:
+        name = str(meta.get("model") or "model").rstrip("/")
+        name = name.rsplit("/", 1)[-1] if name.startswith((".", "/", "~")) else name.replace("/", "-")
+        model_id = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "model"
+    hook = str(meta.get("hook") or "")
+    if layer is None:
+        m = re.match(r"blocks\.(\d+)\.", hook)
+        layer = int(m.group(1)) if m else 0
+    for name, value in (("model id", model_id), ("set name", set_name)):
+        if not _SLUG.match(value):
+            raise InputError(f"Neuronpedia {name} {value!r} must be letters, digits, '.', '_' or '-'")
+    if include_vectors and sae is None:
+        raise InputError("include_vectors needs the SAE")
+    source_id = f"{layer}-{set_name}"
+    src = Path(out_dir) / model_id / source_id
+    (src / "features").mkdir(parents=True, exist_ok=True)
+    (src / "activations").mkdir(parents=True, exist_ok=True)
+    created = datetime.now(timezone.utc).isoformat()
+    edges = store.hist_edges
+    centers = [math.sqrt(edges[i] * edges[i + 1]) for i in range(len(edges) - 1)]
+    hook_point = hook.split(".", 2)[-1] if hook.startswith("blocks.") else hook
+    cfg = meta.get("config", {})
+    source = {"id": source_id, "modelId": model_id, "setName": set_name, "visibility": "PUBLIC",
+              "dataset": meta.get("dataset"), "num_prompts": meta.get("n_contexts"),
+              "num_tokens_in_prompt": cfg.get("context_size"), "hfRepoId": None, "hfFolderId": None,
+              "creatorId": creator_id}
+    tmp = src / ".source.jsonl.tmp"
+    tmp.write_text(json.dumps(source) + "\n", encoding="utf-8")
+    os.replace(tmp, src / "source.jsonl")
+
+    feats, acts, ffiles, afiles = [], [], [], []
+    n_feat = n_act = 0
+    batch = 0
+
+    def flush():
+        nonlocal feats, acts, batch
+        if not feats:
+            return
+        fp, ap = src / "features" / f"batch-{batch}.jsonl.gz", src / "activations" / f"batch-{batch}.jsonl.gz"
+        _write_gz(fp, feats)
+        _write_gz(ap, acts)
+        ffiles.append(fp)
+        afiles.append(ap)
+        feats, acts = [], []
+        batch += 1
+
+    for rec in store.records():
+        vector = []
+        if include_vectors:
+            vector = [round(float(x), 6) for x in sae.feature_directions([rec.index])[0].tolist()]
+        feats.append({
+            "modelId": model_id, "layer": source_id, "index": str(rec.index), "creatorId": creator_id,
+            "createdAt": created, "maxActApprox": rec.max, "hasVector": bool(vector), "vector": vector,
+            "vectorLabel": rec.label if vector else None, "vectorDefaultSteerStrength": rec.max if vector else 10,
+            "hookName": hook if vector else None,
+            "topkCosSimIndices": [], "topkCosSimValues": [],
+            "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
+            "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
+            "correlated_features_indices": [], "correlated_features_pearson": [], "correlated_features_l1": [],
+            "neg_str": [s for s, _ in rec.neg_logits], "neg_values": [v for _, v in rec.neg_logits],
+            "pos_str": [s for s, _ in rec.pos_logits], "pos_values": [v for _, v in rec.pos_logits],
+            "frac_nonzero": rec.density,
+            "freq_hist_data_bar_heights": [c for c in rec.hist if c],
+            "freq_hist_data_bar_values": [x for x, c in zip(centers, rec.hist) if c],
+            "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [], "decoder_weights_dist": [],
+        })
+        groups = [(None, None, e) for e in rec.top] + [(iv["lo"], iv["hi"], e) for iv in rec.intervals for e in iv["examples"]]
+        for j, (lo, hi, ex) in enumerate(groups):
+            mx = max(ex.acts)
+            acts.append({
+                "id": _cuid(model_id, source_id, rec.index, j), "tokens": ex.tokens, "index": str(rec.index),
+                "layer": source_id, "modelId": model_id, "maxValue": mx, "maxValueTokenIndex": ex.acts.index(mx),
+                "minValue": min(ex.acts), "values": ex.acts, "creatorId": creator_id, "dataSource": meta.get("dataset"),
+                "dataIndex": None, "dfaValues": [], "dfaTargetIndex": None, "dfaMaxValue": None, "createdAt": created,
+                "lossValues": [], "logitContributions": None, "binMin": lo, "binMax": hi, "binContains": None,
+                "qualifyingTokenIndex": ex.center,
+            })
+        n_feat += 1
+        n_act += len(groups)
+        if len(feats) >= features_per_batch:
+            flush()
+    flush()
+    return ExportResult(src, n_feat, n_act, ffiles, afiles)

@@ -1,0 +1,255 @@
+"""The feature store: one SQLite file (``features.sqlite``) per SAE, one row per feature, indexed by feature id.
+
+Tables::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)              JSON values: format, model, hook, d_sae, n_tokens, config, hist_edges
+    features(id INTEGER PRIMARY KEY, density REAL, mean REAL, max REAL, n_active INTEGER, label TEXT, data TEXT)
+                                                        data = FeatureRecord.to_dict() as JSON
+    checkpoint(key TEXT PRIMARY KEY, value BLOB)        running state of an unfinished build (safetensors bytes)
+
+A build writes ``<name>.partial`` (checkpointed, resumable) and renames it over ``<name>`` only when complete,
+so an existing store is never left half-written. Labels from ``labels.json`` beside the SAE take precedence
+over the labels recorded at build time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, ConfigError, InputError
+from .stats import FeatureRecord, FeatureStats, StatsConfig
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "features.sqlite"
+FORMAT = "saescope-features-1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS features(id INTEGER PRIMARY KEY, density REAL NOT NULL, mean REAL NOT NULL,
+    max REAL NOT NULL, n_active INTEGER NOT NULL, label TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS features_density ON features(density);
+CREATE INDEX IF NOT EXISTS features_max ON features(max);
+CREATE TABLE IF NOT EXISTS checkpoint(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+"""
+
+SORT_KEYS = {"index": "id ASC", "density": "density DESC, id ASC", "max": "max DESC, id ASC",
+             "label": "label IS NULL, label COLLATE NOCASE ASC, id ASC", "mean": "mean DESC, id ASC"}
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One index row: what the index page lists and sorts by."""
+    index: int
+    density: float
+    mean: float
+    max: float
+    label: str | None
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "density": self.density, "mean": self.mean, "max": self.max, "label": self.label}
+
+
+def default_store_path(sae) -> Path | None:
+    """``features.sqlite`` beside the SAE, or None when the SAE has no directory."""
+    path = getattr(sae, "path", None)
+    return Path(path) / STORE_FILE if path else None
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        con = sqlite3.connect(path, check_same_thread=False)
+    return con
+
+
+def _write_meta(con: sqlite3.Connection, meta: dict) -> None:
+    con.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [(k, json.dumps(v)) for k, v in meta.items()])
+
+
+def _write_features(con: sqlite3.Connection, records) -> None:
+    con.executemany(
+        "INSERT OR REPLACE INTO features(id, density, mean, max, n_active, label, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ((r.index, r.density, r.mean, r.max, r.n_active, r.label, json.dumps(r.to_dict(), separators=(",", ":")))
+         for r in records))
+
+
+def stats_meta(stats: FeatureStats) -> dict:
+    return {"format": FORMAT, "n_tokens": stats.n_tokens, "hist_edges": stats.hist_edges,
+            "config": stats.config.to_dict(), "seconds": stats.seconds, **stats.meta,
+            "d_sae": stats.meta.get("d_sae", len(stats.records))}
+
+
+def write_store(path: str | Path, stats: FeatureStats) -> Path:
+    """Write ``stats`` to a new SQLite file at ``path`` (atomically: temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp)
+    try:
+        con.executescript(_SCHEMA)
+        with con:
+            _write_meta(con, stats_meta(stats))
+            _write_features(con, stats.records)
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    return path
+
+
+class PartialStore:
+    """A store being built: ``<out>.partial`` holding checkpoints; ``finish`` completes it and renames it to ``out``."""
+
+    def __init__(self, out: Path, config: StatsConfig, meta: dict, resume: bool = False):
+        self.out = Path(out)
+        self.path = self.out.with_name(self.out.name + ".partial")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not resume:
+            log.info("discarding an unfinished build %s (pass resume to continue it)", self.path)
+            self.path.unlink()
+        if resume and not self.path.exists():
+            log.info("nothing to resume at %s; starting from the beginning", self.path)
+        self.con = sqlite3.connect(self.path)
+        try:
+            self.con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.con.close()
+            raise CheckpointError(f"{self.path}: not a feature store ({exc}); delete it and start again") from None
+        row = self.con.execute("SELECT value FROM meta WHERE key='config'").fetchone()
+        if row is not None and json.loads(row[0]) != config.to_dict():
+            self.con.close()
+            raise ConfigError(f"{self.path}: the unfinished build used other settings; run without --resume to start again")
+        with self.con:
+            _write_meta(self.con, {"format": FORMAT, "config": config.to_dict(), **meta})
+
+    def load_checkpoint(self) -> dict[str, torch.Tensor] | None:
+        from safetensors.torch import load
+
+        row = self.con.execute("SELECT value FROM checkpoint WHERE key='state'").fetchone()
+        if row is None:
+            return None
+        try:
+            return load(bytes(row[0]))
+        except Exception as exc:  # a corrupt blob
+            raise CheckpointError(f"{self.path}: unreadable checkpoint ({exc}); delete it and start again") from None
+
+    def save_checkpoint(self, state: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save
+
+        blob = save(state)
+        with self.con:  # one transaction: the previous checkpoint stays until this one is complete
+            self.con.execute("INSERT OR REPLACE INTO checkpoint(key, value) VALUES ('state', ?)", (blob,))
+
+    def finish(self, stats: FeatureStats) -> Path:
+        with self.con:
+            _write_meta(self.con, stats_meta(stats))
+            _write_features(self.con, stats.records)
+            self.con.execute("DELETE FROM checkpoint")
+        self.con.execute("VACUUM")
+        self.con.close()
+        os.replace(self.path, self.out)
+        return self.out
+
+
+class FeatureStore:
+    """Read access to a ``features.sqlite``. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str | Path, labels: dict[int, str] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"feature store {self.path} does not exist; build it with `saescope dashboard`")
+        self._lock = threading.Lock()
+        self._con = _connect(self.path, readonly=True)
+        try:
+            self.meta = {k: json.loads(v) for k, v in self._con.execute("SELECT key, value FROM meta")}
+        except sqlite3.DatabaseError as exc:
+            self._con.close()
+            raise CheckpointError(f"{self.path}: not a saescope feature store ({exc})") from None
+        if self.meta.get("format") != FORMAT:
+            self._con.close()
+            raise CheckpointError(f"{self.path}: format {self.meta.get('format')!r} is not {FORMAT!r}; rebuild it")
+        self.labels = dict(labels or {})
+
+    @classmethod
+    def for_sae(cls, sae, path: str | Path | None = None) -> "FeatureStore | None":
+        """The store of ``sae`` (``path`` or ``features.sqlite`` beside it), or None when there is none."""
+        from ..interp.labels import load_labels
+
+        p = Path(path) if path else default_store_path(sae)
+        if p is None or not p.is_file():
+            if path:
+                raise InputError(f"feature store {path} does not exist; build it with `saescope dashboard`")
+            return None
+        return cls(p, labels=load_labels(sae))
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta.get("d_sae") or len(self))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta.get("n_tokens", 0))
+
+    @property
+    def hist_edges(self) -> list[float]:
+        return list(self.meta.get("hist_edges", []))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._con.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+
+    def get(self, index: int) -> FeatureRecord | None:
+        """The record of feature ``index``, or None when the store has no row for it."""
+        with self._lock:
+            row = self._con.execute("SELECT data FROM features WHERE id = ?", (int(index),)).fetchone()
+        if row is None:
+            return None
+        rec = FeatureRecord.from_dict(json.loads(row[0]))
+        if index in self.labels:
+            rec.label = self.labels[index]
+        return rec
+
+    def summaries(self, sort: str = "index", query: str | None = None, limit: int | None = None,
+                  offset: int = 0, min_density: float = 0.0) -> list[FeatureSummary]:
+        """Index rows sorted by ``index``/``density``/``max``/``mean``/``label``; ``query`` matches label or index."""
+        if sort not in SORT_KEYS:
+            raise InputError(f"sort must be one of {', '.join(SORT_KEYS)}, got {sort!r}")
+        with self._lock:
+            rows = self._con.execute(f"SELECT id, density, mean, max, label FROM features WHERE density >= ? "
+                                     f"ORDER BY {SORT_KEYS[sort]}", (min_density,)).fetchall()
+        out = [FeatureSummary(i, d, m, x, self.labels.get(i, lab)) for i, d, m, x, lab in rows]
+        if self.labels and sort == "label":
+            out.sort(key=lambda s: (s.label is None, (s.label or "").lower(), s.index))
+        if query:
+            q = query.strip().lower()
+            out = [s for s in out if q == str(s.index) or (s.label and q in s.label.lower())]
+        return out[offset: None if limit is None else offset + limit]
+
+    def records(self):
+        """Every record, in index order (a generator)."""
+        with self._lock:
+            rows = self._con.execute("SELECT id, data FROM features ORDER BY id").fetchall()
+        for i, data in rows:
+            rec = FeatureRecord.from_dict(json.loads(data))
+            if i in self.labels:
+                rec.label = self.labels[i]
+            yield rec
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
