@@ -1,0 +1,159 @@
+"""TrainConfig: every knob of an SAE training run, as a frozen dataclass with a JSON round trip.
+
+Defaults work for a TopK SAE on normalised activations (inputs are scaled so that E||x|| = sqrt(d_in) and the
+scale is folded back into the saved SAE). ``TrainConfig.from_file(path)`` reads the same JSON the run writes to
+``<out>/train_config.json``; unknown keys are a one-line ``ConfigError``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    architecture: str = "topk"          # relu | topk | batchtopk | jumprelu | gated
+    d_sae: int | None = None            # number of latents; None -> expansion * d_in
+    expansion: int = 16
+    k: int = 32                         # topk / batchtopk: active latents per token (batchtopk: on average)
+    batch_size: int = 4096              # global batch, in tokens
+    total_tokens: int = 2_000_000
+    lr: float = 4e-4
+    lr_warmup_steps: int = 0            # linear warm-up from lr/10
+    lr_decay_fraction: float = 0.2      # linear decay to 0 over this final fraction of the steps
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0              # max global grad norm; 0 disables
+    l1_coefficient: float = 5.0         # relu / gated: L1 of activations weighted by decoder row norms
+    l1_warmup_fraction: float = 0.05    # relu / gated: linear warm-up of the L1 coefficient
+    l0_coefficient: float = 1.0         # jumprelu: L0 penalty
+    jumprelu_bandwidth: float = 0.001   # jumprelu: straight-through estimator kernel width
+    jumprelu_init_threshold: float = 0.001
+    aux_k: int | None = None            # topk / batchtopk: latents in the AuxK loss (None -> d_in // 2)
+    aux_coefficient: float = 1 / 32
+    dead_after_tokens: int = 1_000_000  # a latent is dead when it has not fired for this many tokens
+    b_dec_init: str = "geometric_median"  # geometric_median | mean | zeros
+    init_sample_tokens: int = 8192      # sample used for b_dec and the normalisation scale
+    normalize_activations: bool = True  # scale inputs to E||x|| = sqrt(d_in); folded back at save
+    decoder_init_norm: float | None = None  # None -> 0.1 for relu/gated/jumprelu, 1.0 for topk/batchtopk
+    renormalize_decoder: bool | None = None  # unit decoder rows after each step; None -> True for topk/batchtopk
+    apply_b_dec_to_input: bool = True
+    batchtopk_threshold_momentum: float = 0.99
+    ortho_every: int = 100              # steps between decoder-orthogonality measurements (0 disables)
+    log_every: int = 10
+    checkpoint_every: int = 0           # steps between checkpoints (0: only at the end)
+    seed: int = 0
+    device: str | None = None
+    # where the activations come from (metadata, and the streaming source of the CLI)
+    model: str | None = None
+    hook: str | None = None
+    dataset: str | None = None
+    dataset_split: str = "train"
+    dataset_column: str = "text"
+    context_size: int = 128
+    prepend_bos: bool = True
+    exclude_special: bool = True
+    harvest_batch_size: int = 32        # contexts per LM forward when streaming
+    buffer_tokens: int = 65536          # streaming shuffle buffer
+    wandb_project: str | None = None
+    plots: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture: unknown value {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        positive = {"expansion": self.expansion, "k": self.k, "batch_size": self.batch_size,
+                    "total_tokens": self.total_tokens, "log_every": self.log_every,
+                    "dead_after_tokens": self.dead_after_tokens, "init_sample_tokens": self.init_sample_tokens,
+                    "context_size": self.context_size}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        if self.d_sae is not None and (not isinstance(self.d_sae, int) or self.d_sae <= 0):
+            raise ConfigError(f"d_sae: must be a positive integer, got {self.d_sae!r}")
+        for name in ("lr", "l1_coefficient", "l0_coefficient", "jumprelu_bandwidth", "jumprelu_init_threshold",
+                     "aux_coefficient", "grad_clip", "lr_decay_fraction", "l1_warmup_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name}: must be a finite non-negative number, got {value!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be positive, got {self.lr!r}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise ConfigError(f"b_dec_init: unknown value {self.b_dec_init!r}; choose geometric_median, mean or zeros")
+        if self.checkpoint_every < 0 or self.ortho_every < 0 or self.lr_warmup_steps < 0:
+            raise ConfigError("checkpoint_every, ortho_every and lr_warmup_steps must be >= 0")
+
+    # derived values ---------------------------------------------------------------------------------------
+    def resolved_d_sae(self, d_in: int) -> int:
+        return int(self.d_sae) if self.d_sae is not None else int(self.expansion) * int(d_in)
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.total_tokens // self.batch_size)
+
+    @property
+    def sparse_topk(self) -> bool:
+        return self.architecture in ("topk", "batchtopk")
+
+    @property
+    def resolved_renormalize_decoder(self) -> bool:
+        return self.sparse_topk if self.renormalize_decoder is None else bool(self.renormalize_decoder)
+
+    @property
+    def resolved_decoder_init_norm(self) -> float:
+        if self.decoder_init_norm is not None:
+            return float(self.decoder_init_norm)
+        return 1.0 if self.sparse_topk else 0.1
+
+    # JSON ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object of training options")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown option {unknown[0]!r}; valid options: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "TrainConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(d, source)
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        return cls.from_json(text, str(path))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def same_run_as(self, other: "TrainConfig") -> str | None:
+        """Name of the first option that differs in a way that changes the trained weights, or None."""
+        ignore = {"checkpoint_every", "log_every", "device", "wandb_project", "plots", "ortho_every"}
+        a, b = self.to_dict(), other.to_dict()
+        for key in sorted(a):
+            if key not in ignore and a[key] != b.get(key):
+                return key
+        return None

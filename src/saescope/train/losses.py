@@ -1,0 +1,279 @@
+"""Trainable SAE parameters and the training loss of each architecture.
+
+All inputs here are *normalised* activations ``x [B, d_in]`` (the trainer scales raw activations so that
+E||x|| = sqrt(d_in)); the scale is folded back into the exported SAE. The encoder is stored transposed,
+``W_enc_T [d_sae, d_in]`` (SAELens's ``W_enc`` is its transpose). With ``x_in = x - b_dec`` (if
+``apply_b_dec_to_input``) and ``pre = x_in @ W_enc + b_enc [B, d_sae]``:
+
+    relu       f = relu(pre);                     L = ||x - x_hat||^2 + l1(t) * sum_i f_i ||W_dec_i||
+    topk       f = relu(TopK_k(pre));             L = ||x - x_hat||^2 + aux * AuxK   (sparse fast path)
+    batchtopk  f = relu(TopK_{k*B}(pre over the batch)); same loss; threshold = EMA of the smallest kept value
+    jumprelu   f = pre * H(pre - theta);          L = ||x - x_hat||^2 + l0 * sum_i H(pre_i - theta_i)
+               (theta = exp(log_threshold); straight-through rectangle-kernel gradients for theta)
+    gated      pi = x_in W_enc + b_gate, mag = x_in (W_enc * exp(r_mag)) + b_mag, f = 1[pi > 0] relu(mag)
+               L = ||x - x_hat||^2 + l1 * sum_i relu(pi_i) ||W_dec_i|| + ||x - (relu(pi) W_dec' + b_dec')||^2 (' = detached)
+
+with ``x_hat = f @ W_dec + b_dec``; squared errors are summed over d_in and averaged over the batch.
+AuxK (Gao et al. 2024): the top ``aux_k`` pre-activations among dead latents reconstruct the residual
+``x - x_hat`` (detached), scaled by min(n_dead / aux_k, 1).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+from .sparse import batch_topk_pattern, decode_sparse, encode_at, topk_pattern
+
+
+@dataclass
+class StepOutput:
+    """What one forward pass of the training loss returns."""
+
+    loss: torch.Tensor              # scalar, differentiable
+    parts: dict                     # name -> float (mse, aux, l1, l0_penalty ...)
+    x_hat: torch.Tensor             # [B, d_in], detached
+    fire_counts: torch.Tensor       # [d_sae] float: tokens of the batch on which each latent fired
+    l0: float                       # mean number of active latents per token
+    extra: dict = field(default_factory=dict)
+
+
+def _rect(x: torch.Tensor) -> torch.Tensor:
+    return ((x > -0.5) & (x < 0.5)).to(x.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """f = pre * H(pre - theta): gradient pre -> H, theta -> -(theta/eps) K((pre - theta)/eps) (pseudo-derivative)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_pre = g * (pre > theta).to(g.dtype)
+        g_theta = (g * (-(theta / eps) * _rect((pre - theta) / eps))).sum(0)
+        return g_pre, g_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - theta): no gradient to pre, theta -> -(1/eps) K((pre - theta)/eps)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_theta = (g * (-(1.0 / eps) * _rect((pre - theta) / eps))).sum(0)
+        return None, g_theta, None
+
+
+class TrainableSAE(nn.Module):
+    """Parameters in normalised activation space. ``d_in -> d_sae``; see the module docstring for the losses."""
+
+    def __init__(self, cfg: TrainConfig, d_in: int, generator: torch.Generator, device=None, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.d_in = d_in
+        self.d_sae = d_sae = cfg.resolved_d_sae(d_in)
+        self.arch = cfg.architecture
+        W_dec = torch.randn(d_sae, d_in, generator=generator, dtype=dtype)
+        W_dec *= cfg.resolved_decoder_init_norm / W_dec.norm(dim=1, keepdim=True)
+        W_dec = W_dec.to(device)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc_T = nn.Parameter(W_dec.clone())          # W_enc = W_dec^T at init
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
+        if self.arch == "jumprelu":
+            self.log_threshold = nn.Parameter(
+                torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=dtype, device=device))
+        if self.arch == "gated":
+            self.r_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
+            self.b_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
+        # BatchTopK inference threshold (EMA of the smallest kept activation); -1 = not yet estimated
+        self.register_buffer("batch_threshold", torch.tensor(-1.0, dtype=torch.float64, device=device))
+
+    # -------------------------------------------------------------------------------------------------
+    def x_in(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def pre_acts(self, x_in: torch.Tensor) -> torch.Tensor:
+        """[B, d_in] -> [B, d_sae] (differentiable, dense)."""
+        return torch.addmm(self.b_enc, x_in, self.W_enc_T.t())
+
+    def loss(self, x: torch.Tensor, dead: torch.Tensor | None, l1_scale: float = 1.0) -> StepOutput:
+        """x [B, d_in] (normalised); dead [d_sae] bool or None; l1_scale in [0, 1] (warm-up)."""
+        if self.arch in ("topk", "batchtopk"):
+            return self._loss_sparse(x, dead)
+        return self._loss_dense(x, l1_scale)
+
+    def _loss_sparse(self, x, dead) -> StepOutput:
+        cfg = self.cfg
+        x_in = self.x_in(x)
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc_T.t())
+        B = x.shape[0]
+        if self.arch == "topk":
+            pattern, pre_vals = topk_pattern(pre, min(cfg.k, self.d_sae))
+        else:
+            pattern, pre_vals = batch_topk_pattern(pre, cfg.k * B)
+        vals = torch.relu(encode_at(x_in, self.W_enc_T, self.b_enc, pre_vals, pattern))
+        x_hat = decode_sparse(vals, self.W_dec, pattern) + self.b_dec
+        err = x_hat - x
+        mse = err.pow(2).sum(-1).mean()
+        loss = mse
+        parts = {"mse": float(mse.detach())}
+        with torch.no_grad():
+            positive = vals > 0
+            fire_counts = torch.bincount(pattern.cols[positive], minlength=self.d_sae).to(x.dtype)
+            l0 = float(positive.sum()) / B
+            extra = {}
+            if self.arch == "batchtopk" and bool(positive.any()):
+                extra["batch_min"] = float(vals[positive].min())
+        if dead is not None and cfg.aux_coefficient > 0:
+            n_dead = int(dead.sum())
+            if n_dead > 0:
+                k_aux = min(cfg.aux_k or self.d_in // 2, n_dead)
+                with torch.no_grad():
+                    pre_dead = pre.masked_fill(~dead, float("-inf"))
+                    aux_pattern, aux_pre = topk_pattern(pre_dead, k_aux)
+                aux_vals = torch.relu(encode_at(x_in, self.W_enc_T, self.b_enc, aux_pre, aux_pattern))
+                e_hat = decode_sparse(aux_vals, self.W_dec, aux_pattern)
+                residual = (x - x_hat).detach()
+                aux = (e_hat - residual).pow(2).sum(-1).mean()
+                scale = min(n_dead / (cfg.aux_k or self.d_in // 2), 1.0)
+                loss = loss + cfg.aux_coefficient * scale * aux
+                parts["aux"] = float(aux.detach())
+        del pre
+        return StepOutput(loss, parts, x_hat.detach(), fire_counts, l0, extra)
+
+    def _loss_dense(self, x, l1_scale) -> StepOutput:
+        cfg = self.cfg
+        x_in = self.x_in(x)
+        pre = self.pre_acts(x_in)
+        parts = {}
+        dec_norms = self.W_dec.norm(dim=1)
+        if self.arch == "relu":
+            f = torch.relu(pre)
+            x_hat = f @ self.W_dec + self.b_dec
+            mse = (x_hat - x).pow(2).sum(-1).mean()
+            l1 = (f * dec_norms).sum(-1).mean()
+            loss = mse + cfg.l1_coefficient * l1_scale * l1
+            parts["l1"] = float(l1.detach())
+        elif self.arch == "jumprelu":
+            theta = self.log_threshold.exp()
+            f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
+            x_hat = f @ self.W_dec + self.b_dec
+            mse = (x_hat - x).pow(2).sum(-1).mean()
+            l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum(-1).mean()
+            loss = mse + cfg.l0_coefficient * l1_scale * l0_pen
+            parts["l0_penalty"] = float(l0_pen.detach())
+        elif self.arch == "gated":
+            mag = torch.addmm(self.b_mag, x_in, (self.W_enc_T * self.r_mag.exp()[:, None]).t())
+            f = (pre > 0).to(x.dtype) * torch.relu(mag)
+            x_hat = f @ self.W_dec + self.b_dec
+            mse = (x_hat - x).pow(2).sum(-1).mean()
+            gate = torch.relu(pre)
+            l1 = (gate * dec_norms).sum(-1).mean()
+            x_aux = gate @ self.W_dec.detach() + self.b_dec.detach()
+            aux = (x_aux - x).pow(2).sum(-1).mean()
+            loss = mse + cfg.l1_coefficient * l1_scale * l1 + aux
+            parts.update(l1=float(l1.detach()), aux=float(aux.detach()))
+        else:  # pragma: no cover - validated by TrainConfig
+            raise ValueError(self.arch)
+        parts["mse"] = float(mse.detach())
+        with torch.no_grad():
+            active = f > 0
+            fire_counts = active.sum(0).to(x.dtype)
+            l0 = float(active.sum()) / x.shape[0]
+        return StepOutput(loss, parts, x_hat.detach(), fire_counts, l0)
+
+    # -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Project out the component of W_dec's gradient along each (unit) decoder row."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g -= (g * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def renormalize_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def update_batch_threshold(self, batch_min: float | None, momentum: float) -> None:
+        if batch_min is None:
+            return
+        if float(self.batch_threshold) < 0:
+            self.batch_threshold.fill_(batch_min)
+        else:
+            self.batch_threshold.mul_(momentum).add_((1 - momentum) * batch_min)
+
+    @torch.no_grad()
+    def decoder_orthogonality(self, max_rows: int = 4096, seed: int = 0) -> float:
+        """Mean |off-diagonal| of the Gram matrix of unit decoder rows (on at most max_rows sampled rows)."""
+        W = self.W_dec
+        if W.shape[0] > max_rows:
+            g = torch.Generator().manual_seed(seed)
+            W = W[torch.randperm(W.shape[0], generator=g)[:max_rows].to(W.device)]
+        W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        n = W.shape[0]
+        if n < 2:
+            return 0.0
+        total = 0.0
+        for s in range(0, n, 1024):
+            total += float((W[s:s + 1024] @ W.t()).abs().sum())
+        return (total - n) / (n * (n - 1))
+
+    @torch.no_grad()
+    def export_tensors(self, scale: float) -> dict[str, torch.Tensor]:
+        """SAELens-named tensors in *raw* activation space (inputs were multiplied by ``scale`` in training).
+
+        pre = (s x - b_dec) W_enc + b_enc = (x - b_dec / s)(s W_enc) + b_enc and x_hat_raw = x_hat / s, so
+        W_enc -> s W_enc, W_dec -> W_dec / s, b_dec -> b_dec / s; thresholds and other biases are unchanged.
+        """
+        t = {
+            "W_enc": (self.W_enc_T.t() * scale).contiguous(),
+            "W_dec": (self.W_dec / scale).contiguous(),
+            "b_enc": self.b_enc.clone(),
+            "b_dec": (self.b_dec / scale).clone(),
+        }
+        if self.arch == "jumprelu":
+            t["threshold"] = self.log_threshold.exp().clone()
+        elif self.arch == "batchtopk":
+            thr = max(float(self.batch_threshold), 0.0)
+            t["threshold"] = torch.full_like(self.b_enc, thr)
+        elif self.arch == "gated":
+            t["b_gate"] = t.pop("b_enc")
+            t["b_mag"] = self.b_mag.clone()
+            t["r_mag"] = self.r_mag.clone()
+        return {k: v.detach().float().cpu().contiguous() for k, v in t.items()}
+
+
+def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: [N, d] -> [d], the point minimising the sum of Euclidean distances."""
+    x = x.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        d = (x - m).norm(dim=1).clamp_min(eps)
+        w = 1.0 / d
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= eps * max(1.0, float(m.norm())):
+            m = new
+            break
+        m = new
+    return m.float()

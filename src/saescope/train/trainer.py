@@ -1,0 +1,558 @@
+"""The SAE training loop: ``train_sae(source, config, out_dir=None, resume=False) -> SAE``.
+
+Sources:
+  * a tensor / numpy array ``[N, d_in]`` (also a ``np.memmap``), a ``.npy`` or ``.safetensors`` file path,
+    or an ``ActivationCache`` (object or directory) -- read in a seeded per-epoch permutation, so the data
+    position is a pure function of the step and resume is exact;
+  * ``(lm, hook, dataset_or_texts)`` or an ``ActivationStream`` -- activations computed on the fly
+    (on resume the stream restarts with a step-dependent seed: training continues, but not bit-exactly).
+
+Each step: drop (and count) non-finite rows, scale by the normalisation factor, compute the loss of the
+architecture (``losses.TrainableSAE``), average gradients over ranks, clip, Adam with warm-up/decay, optional
+decoder renormalisation, update the per-latent "tokens since last fired" counters and the density counts.
+The result is an ``saescope.sae.SAE`` in raw activation space, saved (if ``out_dir``) at the directory's top
+level with ``sparsity.safetensors``; checkpoints, ``metrics.jsonl`` and PNG plots sit beside it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..errors import CheckpointError, ConfigError, InputError, NumericsError
+from ..progress import progress
+from . import checkpoint as ckpt
+from . import distributed as ddp
+from .config import TrainConfig
+from .losses import TrainableSAE, geometric_median
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sources
+class _ArraySource:
+    """Rows of an ``[N, d_in]`` array in a seeded per-epoch permutation."""
+
+    exact_resume = True
+
+    def __init__(self, array, name: str, seed: int, meta: dict | None = None):
+        self.array = array
+        self.name = name
+        self.seed = seed
+        self.meta = meta or {}
+        shape = tuple(array.shape)
+        if len(shape) != 2 or shape[0] == 0:
+            raise InputError(f"{name}: expected activations of shape [N, d_in] with N > 0, got {list(shape)}")
+        self.n, self.d_in = int(shape[0]), int(shape[1])
+        self._perm_epoch = -1
+        self._perm = None
+
+    def _perm_for(self, epoch: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=g)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def indices(self, start: int, count: int) -> torch.Tensor:
+        """Global stream positions [start, start + count) -> row indices."""
+        out = []
+        while count > 0:
+            epoch, off = divmod(start, self.n)
+            take = min(count, self.n - off)
+            out.append(self._perm_for(epoch)[off:off + take])
+            start += take
+            count -= take
+        return torch.cat(out)
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        idx, _ = idx.sort()  # locality for memory-mapped arrays; the loss is order-independent
+        a = self.array
+        if isinstance(a, torch.Tensor):
+            return a[idx]
+        if hasattr(a, "take_rows"):
+            return a.take_rows(idx.numpy())
+        return torch.from_numpy(np.ascontiguousarray(a[idx.numpy()]))
+
+    def batch(self, step: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+        idx = self.indices(step * batch_size, batch_size)
+        per = batch_size // world
+        return self.take(idx[rank * per:(rank + 1) * per])
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.take(self.indices(0, min(n, self.n)))
+
+
+class _StreamSource:
+    """Batches from an ActivationStream (one global batch per step; each rank keeps its slice)."""
+
+    exact_resume = False
+
+    def __init__(self, make_stream: Callable[[int], Any], d_in: int, name: str, seed: int, meta: dict):
+        self.make_stream = make_stream
+        self.d_in = d_in
+        self.name = name
+        self.seed = seed
+        self.meta = meta
+        self.n = None
+        self._it = None
+        self._pending: list[torch.Tensor] = []
+
+    def start(self, step: int) -> None:
+        self._it = iter(self.make_stream(self.seed + 7919 * step))
+
+    def _next(self, batch_size: int) -> torch.Tensor:
+        if self._pending:
+            return self._pending.pop(0)
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise InputError(f"{self.name}: the dataset ran out of tokens; lower --tokens or use more text") from None
+
+    def batch(self, step: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+        x = self._next(batch_size)
+        per = x.shape[0] // world
+        return x[rank * per:(rank + 1) * per]
+
+    def sample(self, n: int) -> torch.Tensor:
+        got, total = [], 0
+        while total < n:
+            x = self._next(n)
+            self._pending.append(x)
+            got.append(x)
+            total += x.shape[0]
+        return torch.cat(got)[:n]
+
+
+def _load_array_file(path: Path):
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+                if not keys:
+                    raise InputError(f"{path}: holds no tensor")
+                key = "activations" if "activations" in keys else keys[0]
+                if len(keys) > 1 and key != "activations":
+                    raise InputError(f"{path}: holds {len(keys)} tensors; name the activations 'activations'")
+                return f.get_tensor(key)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable .safetensors file ({type(exc).__name__})") from None
+    raise InputError(f"{path}: unsupported activations file; use .npy, .safetensors or an activation cache directory")
+
+
+def _resolve_source(source, cfg: TrainConfig, batch_size: int):
+    from ..data.activations import ActivationCache, ActivationStream
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"{path}: no such activations file or directory")
+        if path.is_dir():
+            source = ActivationCache.open(path)
+        else:
+            return _ArraySource(_load_array_file(path), str(path), cfg.seed, {"activations": str(path)})
+    if isinstance(source, ActivationCache):
+        meta = {k: v for k, v in source.meta.items() if k in ("model", "hook", "dataset", "context_size", "prepend_bos")}
+        meta["activations"] = str(source.path)
+        return _ArraySource(source, str(source.path), cfg.seed, meta)
+    if isinstance(source, torch.Tensor):
+        return _ArraySource(source.detach(), "activations tensor", cfg.seed)
+    if isinstance(source, np.ndarray):
+        return _ArraySource(source, "activations array", cfg.seed)
+    if isinstance(source, ActivationStream):
+        stream = source
+        meta = {"model": getattr(stream.lm, "name", None), "hook": stream.hook}
+        return _StreamSource(lambda seed: stream.rebatched(batch_size, seed), stream.d_in, "activation stream",
+                             cfg.seed, meta)
+    if isinstance(source, tuple) and len(source) == 3:
+        lm, hook, dataset = source
+        return _stream_from_model(lm, hook, dataset, cfg, batch_size)
+    raise InputError(f"unsupported training source of type {type(source).__name__}; pass an [N, d_in] tensor/array, "
+                     f"a .npy/.safetensors path, an ActivationCache, or (lm, hook, dataset)")
+
+
+def _stream_from_model(lm, hook, dataset, cfg: TrainConfig, batch_size: int):
+    from ..data.activations import ActivationStream
+    from ..data.text import iter_texts, token_contexts
+
+    d_in = lm.hook_width(hook)
+    name = dataset if isinstance(dataset, str) else "texts"
+
+    def make(seed):
+        texts = iter_texts(dataset, split=cfg.dataset_split, column=cfg.dataset_column) if isinstance(dataset, str) \
+            else iter(dataset)
+        contexts = token_contexts(lm, texts, cfg.context_size, prepend_bos=cfg.prepend_bos, seed=seed)
+        return ActivationStream(lm, hook, contexts, batch_size=batch_size, buffer_tokens=cfg.buffer_tokens, seed=seed,
+                                exclude_special=cfg.exclude_special, harvest_batch_size=cfg.harvest_batch_size)
+
+    meta = {"model": getattr(lm, "name", None), "hook": hook, "dataset": name, "context_size": cfg.context_size,
+            "prepend_bos": cfg.prepend_bos}
+    return _StreamSource(make, d_in, name, cfg.seed, meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class _RunState:
+    step: int = 0
+    scale: float = 1.0
+    nonfinite: int = 0
+    density_tokens: int = 0
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up from lr/10 over lr_warmup_steps, then constant, then linear decay to 0."""
+    f = 1.0
+    if cfg.lr_warmup_steps > 0 and step < cfg.lr_warmup_steps:
+        f = 0.1 + 0.9 * step / cfg.lr_warmup_steps
+    decay_steps = int(round(cfg.lr_decay_fraction * total))
+    if decay_steps > 0 and step >= total - decay_steps:
+        f *= (total - step) / decay_steps
+    return cfg.lr * f
+
+
+def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
+    """Validate the output directory; True if a run there should be resumed."""
+    cfg_file = out_dir / ckpt.CONFIG_FILE
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a directory; choose another --out")
+    if cfg_file.exists():
+        try:
+            saved = TrainConfig.from_file(cfg_file)
+        except ConfigError:
+            raise CheckpointError(f"{cfg_file}: unreadable training config; choose another --out") from None
+        if not resume:
+            raise InputError(f"{out_dir}: already holds a training run; pass --resume to continue it or choose another --out")
+        diff = cfg.same_run_as(saved)
+        if diff:
+            raise ConfigError(f"{out_dir}: holds a run with a different {diff} ({getattr(saved, diff)!r}, now "
+                              f"{getattr(cfg, diff)!r}); use the same configuration to resume or choose another --out")
+        return True
+    if any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: is not empty and holds no saescope training run; choose an empty or new --out")
+    return False
+
+
+def _sae_class():
+    from ..sae import SAE, SAEConfig, SAEMetadata
+
+    return SAE, SAEConfig, SAEMetadata
+
+
+def build_sae(model: TrainableSAE, cfg: TrainConfig, scale: float, meta: dict, extra: dict,
+              log_density: torch.Tensor | None):
+    """Export the trained parameters as an ``saescope.sae.SAE`` in raw activation space."""
+    SAE, SAEConfig, SAEMetadata = _sae_class()
+    tensors = model.export_tensors(scale)
+    arch = {"batchtopk": "jumprelu"}.get(cfg.architecture, cfg.architecture)
+    sae_cfg = SAEConfig(
+        architecture=arch, d_in=model.d_in, d_sae=model.d_sae,
+        k=cfg.k if arch == "topk" else None,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        metadata=SAEMetadata(model_name=meta.get("model"), hook_name=meta.get("hook"),
+                             prepend_bos=bool(meta.get("prepend_bos", cfg.prepend_bos)),
+                             context_size=meta.get("context_size", cfg.context_size),
+                             dataset_path=meta.get("dataset"), extra={"training": extra}),
+    )
+    sae = SAE.from_state_dict(sae_cfg, tensors, source="trained SAE")
+    if log_density is not None:
+        sae.log_sparsity = log_density.float().cpu()
+    return sae
+
+
+def _write_sparsity(out_dir: Path, log_density: torch.Tensor) -> None:
+    from safetensors.torch import save as st_save
+
+    data = st_save({"sparsity": log_density.float().cpu().contiguous()})
+    ckpt.atomic_write_bytes(out_dir / "sparsity.safetensors", lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------------------------------------
+def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: bool = False, *,
+              callback: Callable[[int, dict], None] | None = None, **overrides):
+    """Train an SAE: activations ``[N, d_in]`` (or a model + hook + dataset) -> ``saescope.sae.SAE``.
+
+    ``config`` defaults to ``TrainConfig()``; keyword ``overrides`` replace its fields. ``out_dir`` (optional)
+    receives checkpoints, ``metrics.jsonl``, plots and the final SAE; ``resume=True`` continues the run found
+    there (refusing a different configuration). ``callback(step, metrics)`` is called after every step
+    (metrics is empty except on logging steps). Under ``torchrun`` every rank calls this; rank 0 writes files.
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    distributed = ddp.init_if_needed(device)
+    rank, world = ddp.rank(), ddp.world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the {world} processes")
+    main = rank == 0
+
+    out = Path(out_dir) if out_dir is not None else None
+    resuming = False
+    if out is not None:
+        resuming = _check_out_dir(out, cfg, resume)  # every rank checks (same filesystem); only rank 0 writes
+        ddp.barrier()
+
+    src = _resolve_source(source, cfg, cfg.batch_size)
+    d_in = src.d_in
+    total = cfg.total_steps
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = TrainableSAE(cfg, d_in, gen, device=device)
+    params = [p for p in model.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    st = _RunState()
+    d_sae = model.d_sae
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+    density_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
+    density_start = int(total * 0.5)
+
+    state = ckpt.load_state(out) if resuming else None
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            since_fired.copy_(state["since_fired"])
+            density_counts.copy_(state["density_counts"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{out / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE}: does not match this configuration "
+                                  f"({type(exc).__name__}); choose another --out") from None
+        st = _RunState(step=int(state["step"]), scale=float(state["scale"]), nonfinite=int(state["nonfinite"]),
+                       density_tokens=int(state["density_tokens"]))
+        if state.get("done") and (out / "cfg.json").exists():
+            log.info("%s: run already finished; loading the saved SAE", out)
+            SAE, _, _ = _sae_class()
+            ddp.barrier()
+            return SAE.load(out)
+        if not src.exact_resume:
+            log.warning("resuming a streaming run: the activation stream restarts, so the result will differ "
+                        "slightly from an uninterrupted run (use an activation cache for exact resume)")
+        log.info("resuming %s at step %d/%d", out, st.step, total)
+    else:
+        if resuming:
+            log.info("%s: no checkpoint yet; starting the run from the beginning", out)
+        if isinstance(src, _StreamSource):
+            src.start(0)
+        sample = src.sample(cfg.init_sample_tokens).to(device=device, dtype=torch.float32)
+        sample = sample[torch.isfinite(sample).all(1)]
+        if sample.shape[0] == 0:
+            raise NumericsError(f"{src.name}: the first {cfg.init_sample_tokens} activations are all NaN/inf")
+        if cfg.normalize_activations:
+            mean_norm = float(sample.norm(dim=1).mean())
+            if mean_norm <= 0:
+                raise InputError(f"{src.name}: activations are all zero")
+            st.scale = math.sqrt(d_in) / mean_norm
+        sample = sample * st.scale
+        with torch.no_grad():
+            if cfg.b_dec_init == "geometric_median":
+                model.b_dec.copy_(geometric_median(sample[:4096]).to(device))
+            elif cfg.b_dec_init == "mean":
+                model.b_dec.copy_(sample.mean(0))
+        del sample
+    if isinstance(src, _StreamSource) and st.step > 0:
+        src.start(st.step)
+
+    if out is not None and main:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(out / ckpt.CONFIG_FILE, cfg.to_json())
+        metrics_path = out / ckpt.METRICS_FILE
+        ckpt.truncate_metrics(metrics_path, st.step)
+    ddp.barrier()
+
+    wandb_run = _maybe_wandb(cfg) if main else None
+    metrics_file = open(out / ckpt.METRICS_FILE, "a", encoding="utf-8") if (out is not None and main) else None
+
+    def save_checkpoint(done: bool = False) -> None:
+        if out is None or not main:
+            return
+        if not metrics_file.closed:
+            metrics_file.flush()
+        ckpt.save_state(out, {
+            "step": st.step, "scale": st.scale, "nonfinite": st.nonfinite, "density_tokens": st.density_tokens,
+            "model": model.state_dict(), "optim": opt.state_dict(), "since_fired": since_fired.cpu(),
+            "density_counts": density_counts.cpu(), "done": done, "version": __version__,
+        })
+
+    dead_limit = cfg.dead_after_tokens
+    uses_aux = cfg.sparse_topk
+    l1_warm = max(1, int(cfg.l1_warmup_fraction * total))
+    last_metrics: dict = {}
+    bar = progress(total=total, initial=st.step, desc=f"train {cfg.architecture}", unit="step",
+                   disable=None if main else True)
+    t0 = time.perf_counter()
+    t_steps0 = st.step
+    try:
+        while st.step < total:
+            step = st.step
+            x = src.batch(step, cfg.batch_size, rank, world).to(device=device, dtype=torch.float32)
+            finite = torch.isfinite(x).all(1)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                st.nonfinite += bad
+                log.warning("step %d: skipped %d activation rows containing NaN/inf (%d so far)", step, bad, st.nonfinite)
+                x = x[finite]
+                if x.shape[0] == 0:
+                    raise NumericsError(f"{src.name}: a whole batch (step {step}) is NaN/inf; check the activations")
+            x = x * st.scale
+            dead = (since_fired >= dead_limit) if uses_aux else None
+            lr = _lr_at(cfg, step, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            out_step = model.loss(x, dead, l1_scale=min(1.0, (step + 1) / l1_warm))
+            if not math.isfinite(out_step.parts["mse"]):
+                raise NumericsError(f"training diverged at step {step} (loss {float(out_step.loss)}); lower lr")
+            opt.zero_grad(set_to_none=True)
+            out_step.loss.backward()
+            ddp.average_gradients(params)
+            renorm = cfg.resolved_renormalize_decoder
+            if renorm:
+                model.remove_parallel_grad()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            if renorm:
+                model.renormalize_decoder()
+            # dead-latent and density statistics over the global batch
+            counts = out_step.fire_counts
+            n_tok = torch.tensor([float(x.shape[0])], device=device)
+            if world > 1:
+                packed = torch.cat([counts, n_tok])
+                ddp.all_reduce_sum_(packed)
+                counts, n_tok = packed[:-1], packed[-1:]
+            fired = counts > 0
+            since_fired += int(n_tok.item())
+            since_fired[fired] = 0
+            if step >= density_start:
+                density_counts += counts.double()
+                st.density_tokens += int(n_tok.item())
+            if cfg.architecture == "batchtopk":
+                bmin = out_step.extra.get("batch_min", float("inf"))
+                if world > 1:
+                    tb = torch.tensor([bmin], device=device)
+                    torch.distributed.all_reduce(tb, op=torch.distributed.ReduceOp.MIN)
+                    bmin = float(tb)
+                model.update_batch_threshold(bmin if math.isfinite(bmin) else None, cfg.batchtopk_threshold_momentum)
+            st.step = step + 1
+
+            row: dict = {}
+            if st.step % cfg.log_every == 0 or st.step == total:
+                row = _metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total)
+                last_metrics = row
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                if wandb_run is not None:
+                    wandb_run.log(row, step=st.step)
+                bar.set_postfix(loss=f"{row['loss']:.4g}", L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}",
+                                dead=f"{100 * row['dead_fraction']:.1f}%", refresh=False)
+            bar.update(1)
+            if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < total:
+                save_checkpoint()
+                ddp.barrier()
+            if callback is not None:
+                callback(st.step, row)
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    elapsed = time.perf_counter() - t0
+    tok_s = (st.step - t_steps0) * cfg.batch_size / max(elapsed, 1e-9)
+    log.info("trained %d steps in %.1fs (%.0f tokens/s)", st.step - t_steps0, elapsed, tok_s)
+
+    if st.density_tokens > 0:
+        density = (density_counts / st.density_tokens).float().cpu()
+    else:
+        density = torch.zeros(d_sae)
+    log_density = torch.log10(density.clamp_min(1e-10))
+    meta = dict(src.meta)
+    for key in ("model", "hook", "dataset"):
+        if getattr(cfg, key) is not None:
+            meta[key] = getattr(cfg, key)
+    extra = {
+        "saescope_version": __version__, "architecture": cfg.architecture, "tokens": st.step * cfg.batch_size,
+        "steps": st.step, "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": cfg.lr, "k": cfg.k,
+        "input_scale_folded": st.scale, "nonfinite_rows_skipped": st.nonfinite, "world_size": world,
+        "model": meta.get("model"), "hook": meta.get("hook"), "dataset": meta.get("dataset"),
+        "activations": meta.get("activations"),
+        "final": {k: v for k, v in last_metrics.items() if isinstance(v, (int, float))},
+    }
+    if cfg.architecture == "batchtopk":
+        extra["batchtopk_threshold"] = float(model.batch_threshold)
+    sae = build_sae(model, cfg, st.scale, meta, extra, log_density)
+    if out is not None and main:
+        sae.save(out)
+        if not (out / "sparsity.safetensors").exists():
+            _write_sparsity(out, log_density)
+        save_checkpoint(done=True)
+        if cfg.plots:
+            try:
+                from .plots import plot_run
+
+                plot_run(out)
+            except Exception as exc:  # plots are a convenience; never fail a finished run on them
+                log.warning("could not write plots: %s", exc)
+    if wandb_run is not None:
+        wandb_run.finish()
+    ddp.barrier()
+    return sae
+
+
+def _metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total) -> dict:
+    with torch.no_grad():
+        err = (x - out_step.x_hat)
+        sums = torch.stack([err.pow(2).sum(), x.pow(2).sum()]).double()
+        xsum = x.sum(0).double()
+        n = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=device)
+        packed = torch.cat([sums, xsum, n, torch.tensor([float(out_step.loss), out_step.l0], dtype=torch.float64,
+                                                          device=device)])
+        if world > 1:
+            ddp.all_reduce_sum_(packed)
+        d = x.shape[1]
+        sse, sq = packed[0], packed[1]
+        xs = packed[2:2 + d]
+        n_all = packed[2 + d]
+        loss_sum, l0_sum = packed[3 + d] / world, packed[4 + d] / world
+        total_var = sq - xs.pow(2).sum() / n_all
+        ev = 1.0 - float(sse / total_var.clamp_min(1e-12))
+    row = {"step": st.step, "tokens": st.step * cfg.batch_size, "lr": lr, "loss": float(loss_sum),
+           "l0": float(l0_sum), "explained_variance": ev, "mse": float(sse / n_all),
+           "dead_fraction": float((since_fired >= cfg.dead_after_tokens).float().mean())}
+    for key, value in out_step.parts.items():
+        if key != "mse":
+            row[key] = value
+    if cfg.ortho_every and (st.step % cfg.ortho_every == 0 or st.step == total):
+        row["decoder_orthogonality"] = model.decoder_orthogonality(seed=cfg.seed)
+    if st.nonfinite:
+        row["nonfinite_rows_skipped"] = st.nonfinite
+    return row
+
+
+def _maybe_wandb(cfg: TrainConfig):
+    if not cfg.wandb_project:
+        return None
+    try:
+        import wandb  # type: ignore
+    except ImportError:
+        log.warning("wandb_project is set but wandb is not installed; logging to metrics.jsonl only")
+        return None
+    return wandb.init(project=cfg.wandb_project, config=cfg.to_dict())
