@@ -14,10 +14,21 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Sparse autoencoders re
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one intra-op thread avoids OpenMP contention on the shared 2-core machine
+    (measured 7-14x faster per step than 2 threads under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def gpt2_lm(gpt2_hub) -> LanguageModel:
     return LanguageModel.from_pretrained(gpt2_hub, device="cpu")
@@ -188,7 +199,7 @@ def wide_lm(tmp_path_factory) -> LanguageModel:
     return LanguageModel.from_pretrained(str(out), device="cpu")
 
 
-def _best_time(fn, repeats: int = 5) -> float:
+def _best_time(fn, repeats: int = 3) -> float:
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -199,7 +210,7 @@ def _best_time(fn, repeats: int = 5) -> float:
 
 
 def test_early_exit(wide_lm):
-    tokens = torch.randint(0, 4096, (4, 128), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 4096, (2, 128), generator=torch.Generator().manual_seed(0))
     calls = []
     handles = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in
                enumerate(wide_lm.hf_model.transformer.h)]
