@@ -103,11 +103,16 @@ def _download(repo_id: str, filename: str, required: bool = True) -> Path | None
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    from huggingface_hub import constants
+
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except EntryNotFoundError:
         if not required:
             return None
+        if constants.HF_HUB_OFFLINE:
+            raise CheckpointError(f"{repo_id}/{filename}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
+                                  f"unset it once to download") from None
         raise CheckpointError(f"{repo_id}/{filename}: not found in the repository") from None
     except LocalEntryNotFoundError:
         if not required:

@@ -1,0 +1,106 @@
+"""Offline release: gpt2-small-res-jb from a hub cache laid out like jbloom/GPT2-Small-SAEs-Reformatted
+(legacy SAELens cfg.json, random weights), applied to saescope's raw activations, equals
+TransformerLens (default processing, i.e. centred writing weights) + SAELens on the same weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hubcache import add_repo
+from saescope.sae import SAE
+
+REPO = "jbloom/GPT2-Small-SAEs-Reformatted"
+HOOK = "blocks.6.hook_resid_pre"
+D_MODEL, D_SAE = 64, 512
+
+
+def _legacy_cfg(hook: str, layer: int) -> dict:
+    """The keys of the real repo's pre-6.0 SAELens cfg.json (values sized for the test model)."""
+    return {"model_name": "gpt2-small", "hook_point": hook, "hook_point_layer": layer, "hook_point_head_index": None,
+            "dataset_path": "Skylion007/openwebtext", "is_dataset_tokenized": False, "context_size": 128,
+            "use_cached_activations": False, "d_in": D_MODEL, "n_batches_in_buffer": 128,
+            "total_training_tokens": 300000000, "store_batch_size": 32, "device": "mps", "seed": 42,
+            "dtype": "torch.float32", "b_dec_init_method": "geometric_median", "expansion_factor": D_SAE // D_MODEL,
+            "l1_coefficient": 8e-05, "lr": 0.0004, "lr_warm_up_steps": 5000, "train_batch_size": 4096,
+            "use_ghost_grads": False, "feature_sampling_window": 1000, "dead_feature_window": 5000,
+            "dead_feature_threshold": 1e-08, "log_to_wandb": True, "d_sae": D_SAE,
+            "run_name": f"{D_SAE}-L1-8e-05-LR-0.0004-Tokens-3.000e+08"}
+
+
+@pytest.fixture(scope="module")
+def release_cache(hub_cache, tmp_path_factory):
+    g = torch.Generator().manual_seed(6)
+    files = {}
+    for layer, hook in [(6, HOOK), (11, "blocks.11.hook_resid_post")]:
+        weights = {"W_enc": torch.randn(D_MODEL, D_SAE, generator=g) * 0.3, "b_enc": torch.randn(D_SAE, generator=g) * 0.2 - 0.1,
+                   "W_dec": torch.randn(D_SAE, D_MODEL, generator=g) * 0.1, "b_dec": torch.randn(D_MODEL, generator=g) * 0.05,
+                   "scaling_factor": torch.ones(D_SAE)}
+        tmp = tmp_path_factory.mktemp("w") / "sae_weights.safetensors"
+        save_file(weights, tmp)
+        sp = tmp.with_name("sparsity.safetensors")
+        save_file({"sparsity": torch.rand(D_SAE, generator=g) * -5}, sp)
+        files[f"{hook}/cfg.json"] = json.dumps(_legacy_cfg(hook, layer)).encode()
+        files[f"{hook}/sae_weights.safetensors"] = tmp
+        files[f"{hook}/sparsity.safetensors"] = sp
+    return add_repo(hub_cache, REPO, files)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_from_pretrained_offline_metadata(release_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sae = SAE.from_pretrained("gpt2-small-res-jb", HOOK)
+    m = sae.cfg.metadata
+    assert (m.hook_name, m.model_name, m.neuronpedia_id, m.prepend_bos) == (HOOK, "gpt2", "gpt2-small/6-res-jb", True)
+    assert sae.cfg.input_transform == "center" and sae.cfg.apply_b_dec_to_input and sae.cfg.architecture == "relu"
+    assert sae.log_sparsity is not None and sae.log_sparsity.shape == (D_SAE,)
+    assert m.context_size == 128 and m.dataset_path == "Skylion007/openwebtext"
+    assert SAE.from_spec(f"gpt2-small-res-jb:{HOOK}").cfg == sae.cfg
+    # an SAE of the release that is not in the cache: a one-line error, not a traceback or a download
+    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+        SAE.from_pretrained("gpt2-small-res-jb", "blocks.3.hook_resid_pre")
+
+
+def test_features_equal_transformerlens_plus_saelens(release_cache, gpt2_hub, gpt2_dir, one_thread):
+    sl = pytest.importorskip("sae_lens")
+    from transformer_lens import HookedTransformer
+    from transformers import AutoModelForCausalLM
+
+    from saescope.lm import LanguageModel
+
+    lm = LanguageModel.from_pretrained(gpt2_hub, device="cpu")
+    tokens = torch.tensor([[0, 17, 901, 44, 3021, 7, 7, 250, 1999, 5, 64, 12]])
+    ours = SAE.from_pretrained("gpt2-small-res-jb", HOOK)
+    ours_post = SAE.from_pretrained("gpt2-small-res-jb", "blocks.11.hook_resid_post")
+    acts = lm.run(tokens, capture=[HOOK, "blocks.11.hook_resid_post"])
+
+    tl = HookedTransformer.from_pretrained("gpt2", hf_model=AutoModelForCausalLM.from_pretrained(gpt2_dir),
+                                           tokenizer=lm.tokenizer, device="cpu", dtype=torch.float32).eval()
+    _, cache = tl.run_with_cache(tokens, names_filter=[HOOK, "blocks.11.hook_resid_post"])
+    for hook, sae in [(HOOK, ours), ("blocks.11.hook_resid_post", ours_post)]:
+        ref_sae = sl.SAE.load_from_disk(release_cache / hook)
+        with torch.no_grad():
+            f_ref = ref_sae.encode(cache[hook])
+            f = sae.encode(acts[hook])
+            out_ref = ref_sae.decode(f_ref)
+            out = sae(acts[hook])
+        assert f.shape == f_ref.shape == (1, tokens.shape[1], D_SAE)
+        assert (f_ref > 0).float().mean() > 0.02
+        assert torch.allclose(f, f_ref, atol=1e-3), (hook, (f - f_ref).abs().max())
+        # reconstructions agree up to the centring: TL's stream is ours minus its mean
+        mean = acts[hook].mean(-1, keepdim=True)
+        assert torch.allclose(out, out_ref + mean, atol=1e-3)
+        # without the centring transform the features differ: the test can tell conventions apart
+        plain = sae.cfg.replace(input_transform="none")
+        sae_plain = SAE.from_state_dict(plain, dict(sae.named_parameters()))
+        with torch.no_grad():
+            assert (sae_plain.encode(acts[hook]) - f_ref).abs().max() > 1e-2
