@@ -86,30 +86,28 @@ def _stats_file(sae) -> Path | None:
     return file if file.is_file() else None
 
 
-def top_contexts(sae, index: int, n: int = 10) -> tuple[list[dict] | None, str | None]:
-    """Top-activating contexts of ``index`` from ``features.sqlite`` beside the SAE -> (contexts, note)."""
+def top_contexts(sae, index: int, n: int = 10) -> tuple[list[dict] | None, str | None, dict]:
+    """Top-activating contexts of ``index`` from ``features.sqlite`` beside the SAE (``saescope.report.store``).
+
+    -> (contexts or None, note when None, extra statistics). A context is ``{"tokens", "ids", "acts", "center",
+    "value"}``: token strings, this feature's activation per token, the index of the peak token, its value.
+    """
     file = _stats_file(sae)
     if file is None:
         where = f" in {sae.path}" if getattr(sae, "path", None) else ""
-        return None, f"no feature statistics ({STATS_FILE}){where}; build them with `saescope dashboard`"
+        return None, f"no feature statistics ({STATS_FILE}){where}; build them with `saescope dashboard`", {}
     try:
-        from ..report import store
-    except ImportError:
-        return None, f"{file} exists but saescope.report.store is not available"
-    try:
-        contexts = store.top_contexts(file, index, n)
+        from ..report.store import FeatureStore
+
+        with FeatureStore.for_sae(sae, file) as store:
+            rec = store.get(index)
     except Exception as exc:  # a broken statistics file must not hide the rest of the feature info
         log.warning("could not read contexts from %s: %s", file, exc)
-        return None, f"could not read {file}: {exc}"
-    return [c if isinstance(c, dict) else _as_dict(c) for c in contexts], None
-
-
-def _as_dict(obj) -> dict:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "_asdict"):
-        return obj._asdict()
-    return dict(vars(obj))
+        return None, f"could not read {file}: {exc}", {}
+    if rec is None:
+        return None, f"{file} has no statistics for feature {index}", {}
+    extra = {"stats": {"density": rec.density, "mean_active": rec.mean_active, "max": rec.max, "n_active": rec.n_active}}
+    return [e.to_dict() for e in rec.top[:n]], None, extra
 
 
 def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10) -> FeatureInfo:
@@ -122,11 +120,11 @@ def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10) -> Fe
         promoted, suppressed = logit_lens(lm, sae, index, k)
     else:
         note = f"no logit lens: {site.hook} is not in the residual stream's basis"
-    contexts, contexts_note = top_contexts(sae, index, n_contexts)
-    density = None
-    if getattr(sae, "log_sparsity", None) is not None:
+    contexts, contexts_note, extra = top_contexts(sae, index, n_contexts)
+    density = extra.get("stats", {}).get("density")
+    if density is None and getattr(sae, "log_sparsity", None) is not None:
         value = float(sae.log_sparsity.reshape(-1)[index])
         density = 10.0 ** value if math.isfinite(value) else 0.0
     norm = float(sae.feature_directions(index)[0].norm())
     return FeatureInfo(index, site.hook, load_labels(sae).get(index), neuronpedia_url(sae, index), promoted,
-                       suppressed, note, contexts, contexts_note, density, norm)
+                       suppressed, note, contexts, contexts_note, density, norm, extra)

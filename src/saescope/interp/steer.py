@@ -263,8 +263,9 @@ def generate_steered(lm, sae, prompt: str, interventions, max_new_tokens: int = 
     kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=float(temperature) if temperature > 0 else 1.0,
               top_p=float(top_p), seed=seed, prepend_bos=False)
     ids = ids.to(lm.device)
+    hook = SteeringHook(sae, interventions)          # validates every feature before any generation
     base_ids = lm.generate(ids, **kw)[0, n:].tolist() if include_baseline else []
-    with steer(lm, sae, interventions) as hook:
+    with lm.intervene({hook.site.hook: hook}):
         steer_ids = lm.generate(ids, **kw)[0, n:].tolist()
     return SteerResult(prompt, lm.to_string(torch.tensor(base_ids, dtype=torch.long)) if include_baseline else "",
                        lm.to_string(torch.tensor(steer_ids, dtype=torch.long)), interventions, hook.site.hook, seed,
