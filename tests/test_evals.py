@@ -115,3 +115,233 @@ def test_explained_variance_matches_saelens_calculator():
     for chunk in range(0, 500, 128):
         calc.add_batch(sae_output=x_hat[chunk:chunk + 128], hidden_acts=x[chunk:chunk + 128])
     assert M.explained_variance(x, x_hat) == pytest.approx(calc.compute(), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the whole evaluation on the GPT-2-shaped offline fixture
+# ----------------------------------------------------------------------------------------------------------
+
+HOOK = "blocks.3.hook_resid_pre"
+LAYER = 3
+CTX = 32
+N_TOKENS = 16 * CTX
+BOS = 0  # the fixture tokenizer's <|endoftext|> (BOS = EOS)
+
+_WORDS = ("the king said that a man of war would come to the house and speak of peace , while her "
+          "brother went out into the night . what is it ? I know not , my lord ; but they were all there "
+          "with the old prince and the young count , who laughed .").split()
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    g = torch.Generator().manual_seed(0)
+    paras = []
+    for _ in range(60):
+        n = int(torch.randint(8, 60, (1,), generator=g))
+        paras.append(" ".join(_WORDS[int(i)] for i in torch.randint(0, len(_WORDS), (n,), generator=g)))
+    path = tmp_path_factory.mktemp("evaltext") / "sample.txt"
+    path.write_text("\n\n".join(paras), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(gpt2_hub):
+    from saescope.lm import LanguageModel
+
+    return LanguageModel.from_pretrained(gpt2_hub)
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    """A ReLU SAE, d_in 64 -> d_sae 256: tied random directions scaled so that x̂ ≈ x (‖x‖ ≈ 0.24 at this hook):
+    EV ≈ 0.6, L0 ≈ 65, CE recovered ≈ 0.77; 16 features forced dead."""
+    from saescope.sae import SAE, SAEConfig, SAEMetadata
+
+    cfg = SAEConfig(architecture="relu", d_in=64, d_sae=256,
+                    metadata=SAEMetadata(model_name="gpt2", hook_name=HOOK, prepend_bos=True, context_size=CTX))
+    sae = SAE(cfg, seed=3)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        sae.W_dec.copy_(0.45 * sae.W_enc.T)
+        sae.W_enc.add_(0.02 * torch.randn(sae.W_enc.shape, generator=g))
+        sae.b_enc.copy_(-0.02 * (1 + 0.2 * torch.randn(256, generator=g)))
+        sae.b_enc[:16] = -1e4
+        sae.b_dec.copy_(0.005 * torch.randn(64, generator=g))
+    out = tmp_path_factory.mktemp("sae") / "relu"
+    sae.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sae(sae_dir):
+    from saescope.sae import SAE
+
+    return SAE.load(sae_dir)
+
+
+def _reference(gpt2_dir, sae, ids):
+    """Independent recomputation: plain HF GPT-2 forward, a torch forward pre-hook on block 3, float64 maths."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+
+    def sae_fwd(h):
+        f = torch.relu(h.double() @ W_enc + b_enc)
+        return f, f @ W_dec + b_dec
+
+    mask = ids != BOS
+
+    def forward(edit=None):
+        seen = {}
+
+        def pre(module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            seen["x"] = h.detach().clone()
+            if edit is None:
+                return None
+            new = edit(h).to(h.dtype)
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        handle = hf.transformer.h[LAYER].register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                logits = hf(input_ids=ids).logits.double()
+        finally:
+            handle.remove()
+        return logits, seen["x"]
+
+    clean, x = forward()
+    xs = x[mask].double()
+    f, x_hat = sae_fwd(xs)
+    mu = xs.mean(0)
+    out = {"tokens": int(mask.sum()),
+           "explained_variance": float(1 - ((xs - x_hat) ** 2).sum() / ((xs - mu) ** 2).sum()),
+           "l0": float((f > 0).sum(-1).double().mean()),
+           "mse": float(((xs - x_hat) ** 2).mean()),
+           "cosine_similarity": float(((xs * x_hat).sum(-1) / (xs.norm(dim=-1) * x_hat.norm(dim=-1))).mean()),
+           "l2_ratio": float((x_hat.norm(dim=-1) / xs.norm(dim=-1)).mean()),
+           "relative_reconstruction_bias": float((x_hat ** 2).sum() / (xs * x_hat).sum()),
+           "dead_fraction": float(((f > 0).sum(0) == 0).double().mean())}
+
+    def ce(logits):
+        logp = torch.log_softmax(logits[:, :-1], -1)
+        return -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)[mask[:, :-1]].mean()
+
+    def kl(logits):
+        lp, lq = torch.log_softmax(clean, -1), torch.log_softmax(logits, -1)
+        return (lp.exp() * (lp - lq)).sum(-1)[mask].mean()
+
+    sae_logits, _ = forward(lambda h: torch.where(mask[..., None], sae_fwd(h)[1], h.double()))
+    zero_logits, _ = forward(lambda h: torch.zeros_like(h))
+    mean_logits, _ = forward(lambda h: mu.expand_as(h))
+    c0, cs, cz, cm = ce(clean), ce(sae_logits), ce(zero_logits), ce(mean_logits)
+    out.update(ce_loss_clean=float(c0), ce_loss_sae=float(cs), ce_loss_zero_ablation=float(cz),
+               ce_loss_mean_ablation=float(cm),
+               ce_loss_recovered=float((cz - cs) / (cz - c0)), ce_loss_recovered_mean_ablation=float((cm - cs) / (cm - c0)),
+               kl_score=float(1 - kl(sae_logits) / kl(zero_logits)),
+               kl_score_mean_ablation=float(1 - kl(sae_logits) / kl(mean_logits)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_result(gpt2_hub, sae_dir, text_file):
+    import contextlib
+    import io
+    import json
+
+    from saescope.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["eval", "--model", gpt2_hub, "--sae", str(sae_dir), "--dataset", str(text_file),
+                     "--tokens", str(N_TOKENS), "--context-size", str(CTX), "--batch-size", "6", "--json"])
+    assert code == 0
+    return json.loads(buf.getvalue())
+
+
+def test_cli_eval_equals_independent_recomputation(cli_result, lm, sae, gpt2_dir, text_file):
+    from saescope.evals.downstream import _token_contexts
+
+    for key in ("l0", "explained_variance", "mse", "cosine_similarity", "ce_loss_recovered", "kl_score",
+                "dead_fraction", "tokens"):
+        assert key in cli_result
+    # the contexts the CLI evaluated (token construction is shared; every metric below is recomputed)
+    ids = _token_contexts(lm, str(text_file), N_TOKENS // CTX, CTX, True, 0)
+    assert ids.shape == (N_TOKENS // CTX, CTX) and bool((ids[:, 0] == BOS).all())
+    ref = _reference(gpt2_dir, sae, ids)
+    assert cli_result["contexts"] == ids.shape[0]
+    assert cli_result["tokens"] == ref["tokens"]
+    for key, value in ref.items():
+        assert cli_result[key] == pytest.approx(value, abs=2e-5, rel=1e-4), key
+    # the fixture is meant to exercise non-trivial values, not the edge cases
+    assert 0.2 < ref["explained_variance"] < 0.99 and 0.05 < ref["ce_loss_recovered"] < 0.999
+    assert ref["dead_fraction"] >= 16 / 256
+
+
+class _Store:
+    """The one method SAELens's eval functions need from an ActivationsStore: batches of token contexts."""
+
+    def __init__(self, ids, batch):
+        self.batches = [ids[i:i + batch] for i in range(0, len(ids), batch)]
+        self.i = 0
+
+    def get_batch_tokens(self, n):
+        out = self.batches[self.i]
+        self.i += 1
+        return out
+
+
+def test_matches_saelens_evals(lm, sae, gpt2_dir, text_file):
+    """SAELens 6.54 evals on a TransformerLens model of the same weights. Definitions coincide for: L0, explained
+    variance, SSE per token (their "mse"), cosine similarity, L2 ratio, relative reconstruction bias (one batch),
+    CE loss score / KL score against zero-ablation, feature density. Mean-ablation is saescope's own."""
+    from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics
+    from sae_lens.saes.sae import SAEMetadata as SLMeta
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.training.activation_scaler import ActivationScaler
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from transformers import GPT2LMHeadModel
+
+    from saescope.evals import evaluate_sae
+    from saescope.evals.downstream import _token_contexts
+
+    hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    tl_cfg = HookedTransformerConfig(n_layers=12, d_model=64, n_ctx=128, d_head=16, n_heads=4, d_mlp=256,
+                                     d_vocab=4096, act_fn="gelu_new", normalization_type="LN", device="cpu")
+    tl = HookedTransformer(tl_cfg)
+    missing, unexpected = tl.load_state_dict(convert_gpt2_weights(hf, tl_cfg), strict=False)
+    assert not unexpected and all(k.endswith(("IGNORE", "mask", "b_U")) for k in missing), missing
+    tl.eval()
+
+    sl_sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=256, apply_b_dec_to_input=False,
+                                           metadata=SLMeta(hook_name=HOOK)))
+    sl_sae.load_state_dict({n: getattr(sae, n).detach().clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")})
+
+    ids = _token_contexts(lm, str(text_file), N_TOKENS // CTX, CTX, True, 0)
+    batch = 8
+    ours = evaluate_sae(lm, sae, ids, tokens=N_TOKENS, batch_size=batch)
+    n_batches = -(-len(ids) // batch)
+    down = get_downstream_reconstruction_metrics(
+        sl_sae, tl, _Store(ids, batch), ActivationScaler(), compute_kl=True, compute_ce_loss=True,
+        n_batches=n_batches, eval_batch_size_prompts=batch, ignore_tokens=[BOS])
+    recon, feats = get_sparsity_and_variance_metrics(
+        sl_sae, tl, _Store(ids, len(ids)), ActivationScaler(), n_batches=1, compute_l2_norms=True,
+        compute_sparsity_metrics=True, compute_variance_metrics=True, compute_featurewise_density_statistics=True,
+        eval_batch_size_prompts=len(ids), model_kwargs={}, ignore_tokens=[BOS])
+    pairs = {
+        "ce_loss_recovered": down["ce_loss_score"], "kl_score": down["kl_div_score"],
+        "ce_loss_clean": down["ce_loss_without_sae"], "ce_loss_sae": down["ce_loss_with_sae"],
+        "ce_loss_zero_ablation": down["ce_loss_with_ablation"], "kl_sae": down["kl_div_with_sae"],
+        "kl_zero_ablation": down["kl_div_with_ablation"],
+        "l0": recon["l0"], "explained_variance": recon["explained_variance"], "sse_per_token": recon["mse"],
+        "cosine_similarity": recon["cossim"], "l2_ratio": recon["l2_ratio"],
+        "relative_reconstruction_bias": recon["relative_reconstruction_bias"],
+        "dead_fraction": float((torch.tensor(feats["feature_density"]) == 0).double().mean()),
+    }
+    for key, theirs in pairs.items():
+        assert getattr(ours, key) == pytest.approx(theirs, abs=5e-5, rel=2e-4), key
+    torch.testing.assert_close(ours.feature_density, torch.tensor(feats["feature_density"], dtype=torch.float64))
+    # where definitions differ: SAELens's per-token "explained_variance_legacy" is not the explained variance
+    assert abs(recon["explained_variance_legacy"] - ours.explained_variance) > 1e-3

@@ -223,6 +223,32 @@ def _sae_name(sae) -> str:
     return f"{sae.cfg.architecture}-{sae.cfg.d_sae}"
 
 
+# the hook edits take exactly one argument: LanguageModel.intervene passes a HookContext to two-argument functions
+def _splice_fn(sae, head: int | None, mask: torch.Tensor):
+    """x -> x̂ at the evaluated tokens (``mask [b, pos]``), x elsewhere."""
+    def splice(act):
+        x = _to_sae(act, head)
+        x_hat = sae(x.to(device=sae.device, dtype=sae.dtype)).to(device=x.device, dtype=x.dtype)
+        _check_finite(x_hat, f"SAE {_sae_name(sae)} reconstruction")
+        return _from_sae(torch.where(mask[..., None], x_hat, x), act, head)
+    return splice
+
+
+def _zero_fn(head: int | None):
+    """x -> 0 at every position."""
+    def zero(act):
+        return _from_sae(torch.zeros_like(_to_sae(act, head)), act, head)
+    return zero
+
+
+def _mean_fn(mean_x: torch.Tensor, head: int | None):
+    """x -> mean_x ``[d_in]`` at every position."""
+    def mean(act):
+        x = _to_sae(act, head)
+        return _from_sae(mean_x.to(device=x.device, dtype=x.dtype).expand_as(x), act, head)
+    return mean
+
+
 # ----------------------------------------------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------------------------------------------
@@ -302,20 +328,7 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
         for ids, mask in batches:
             ids_d, m = ids.to(device), mask.to(device)
 
-            def splice(act, m=m):
-                x = _to_sae(act, head)
-                x_hat = sae(x.to(device=sae.device, dtype=sae.dtype)).to(act.device)
-                _check_finite(x_hat, f"SAE {_sae_name(sae)} reconstruction")
-                new = torch.where(m[..., None], x_hat.to(x.dtype), x)
-                return _from_sae(new, act, head)
-
-            def zero(act):
-                return _from_sae(torch.zeros_like(_to_sae(act, head)), act, head)
-
-            def mean(act):
-                x = _to_sae(act, head)
-                return _from_sae(mean_x.to(device=x.device, dtype=x.dtype).expand_as(x), act, head)
-
+            splice, zero, mean = _splice_fn(sae, head, m), _zero_fn(head), _mean_fn(mean_x, head)
             clean = lm(ids_d)
             _check_finite(clean, f"model {lm.name} logits")
             ce_mask = m[:, :-1]
