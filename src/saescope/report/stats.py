@@ -236,7 +236,7 @@ class StatsAccumulator:
         rows, cols = torch.cat(self.co_rows), torch.cat(self.co_cols)
         n = self.n_co
         ones = torch.ones(rows.numel())
-        at = torch.sparse_coo_tensor(torch.stack([cols, rows]), ones, (D, n)).coalesce()    # A^T [D, n]
+        at = torch.sparse_coo_tensor(torch.stack([cols, rows]), ones, (D, n), check_invariants=False).coalesce()  # A^T
         per = torch.bincount(cols, minlength=D).float()                                     # c_i on the subsample
         chunk = max(1, min(D, (1 << 24) // max(n, 1)))
         kk = min(k, D - 1) if D > 1 else 0
@@ -378,6 +378,14 @@ def logit_lens(directions: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int =
     return tuple(out)
 
 
+def _round_sig(x: torch.Tensor, digits: int = 6) -> torch.Tensor:
+    """Round to ``digits`` significant digits (keeps the JSON small without losing float32 meaning)."""
+    x = x.detach().cpu().double()
+    mag = torch.floor(torch.log10(x.abs().clamp_min(1e-30)))
+    scale = 10.0 ** (digits - 1 - mag)
+    return torch.where(x == 0, x, torch.round(x * scale) / scale)
+
+
 def finalize(acc: StatsAccumulator, vocab: list[str] | None = None, logits=None, labels: dict[int, str] | None = None,
              seconds: float = 0.0, meta: dict | None = None) -> FeatureStats:
     """Turn the running state into one FeatureRecord per feature. ``logits`` = logit_lens(...) output or None."""
@@ -389,9 +397,9 @@ def finalize(acc: StatsAccumulator, vocab: list[str] | None = None, logits=None,
     sums = acc.sum.cpu().tolist()
     hist = acc.hist.cpu().tolist()
     top_val = acc.top_val.cpu()
-    top_val_l, top_tok_l, top_act_l = top_val.tolist(), acc.top_tok.cpu().tolist(), acc.top_act.cpu().tolist()
+    top_val_l, top_tok_l, top_act_l = top_val.tolist(), acc.top_tok.cpu().tolist(), _round_sig(acc.top_act).tolist()
     res_val_l, res_key_l = acc.res_val.cpu().tolist(), acc.res_key.cpu().tolist()
-    res_tok_l, res_act_l = acc.res_tok.cpu().tolist(), acc.res_act.cpu().tolist()
+    res_tok_l, res_act_l = acc.res_tok.cpu().tolist(), _round_sig(acc.res_act).tolist()
     co_i, co_c, co_j = (x.tolist() for x in acc.cofire())
     if logits is not None:
         pv, pi, nv, ni = (x.tolist() for x in logits)
@@ -406,7 +414,7 @@ def finalize(acc: StatsAccumulator, vocab: list[str] | None = None, logits=None,
         keep = [j for j, t in enumerate(ids) if t >= 0]
         lo, hi = keep[0], keep[-1] + 1
         ids_, acts_ = ids[lo:hi], acts[lo:hi]
-        return Example([tokstr(t) for t in ids_], list(ids_), [round(a, 5) for a in acts_], W - lo, float(value))
+        return Example([tokstr(t) for t in ids_], list(ids_), acts_, W - lo, float(value))
 
     records = []
     for i in range(D):
