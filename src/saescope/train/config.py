@@ -34,8 +34,8 @@ class TrainConfig:
     l1_coefficient: float = 5.0         # relu / gated: L1 of activations weighted by decoder row norms
     l1_warmup_fraction: float = 0.05    # relu / gated: linear warm-up of the L1 coefficient
     l0_coefficient: float = 1.0         # jumprelu: L0 penalty
-    jumprelu_bandwidth: float = 0.001   # jumprelu: straight-through estimator kernel width
-    jumprelu_init_threshold: float = 0.001
+    jumprelu_bandwidth: float = 0.05    # jumprelu: straight-through estimator kernel width
+    jumprelu_init_threshold: float = 0.1
     aux_k: int | None = None            # topk / batchtopk: latents in the AuxK loss (None -> d_in // 2)
     aux_coefficient: float = 1 / 32
     dead_after_tokens: int = 1_000_000  # a latent is dead when it has not fired for this many tokens

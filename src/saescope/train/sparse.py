@@ -76,13 +76,17 @@ class ActivePattern:
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
         """The ``[B, d_sae]`` CSR tensor with these values (CSR order)."""
-        return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n_rows, self.n_cols),
-                                       check_invariants=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.cols, values, (self.n_rows, self.n_cols),
+                                           check_invariants=False)
 
     def csr_t(self, values: torch.Tensor) -> torch.Tensor:
         """The transposed ``[d_sae, B]`` CSR tensor of values given in CSR order."""
-        return torch.sparse_csr_tensor(self.t_crow, self.t_cols, values[self.t_perm], (self.n_cols, self.n_rows),
-                                       check_invariants=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.t_crow, self.t_cols, values[self.t_perm], (self.n_cols, self.n_rows),
+                                           check_invariants=False)
 
     def bag(self, weight: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Row sums ``A @ weight``: values [nnz], weight [d_sae, d] -> [B, d]."""
