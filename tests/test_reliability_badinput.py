@@ -102,6 +102,14 @@ def snapshot(*dirs: Path) -> dict[str, str]:
     return out
 
 
+PROGRESS = re.compile(r"Loading weights.*\d+/\d+ \[")
+
+
+def is_hf_progress(line: str) -> bool:
+    """transformers' weight-loading tqdm bar (finding 6), tested separately in test_no_progress_bar_when_not_tty."""
+    return bool(PROGRESS.search(line))
+
+
 def registered_commands() -> set[str]:
     parser = build_parser()
     for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
@@ -148,7 +156,7 @@ TEXT = "The cat sat on the mat"
 CASES = [
     # read
     Case("read-missing-model-dir", lambda w: ["read", TEXT, "--model", R(w, "no/such/model"), "--sae", R(w, "sae_good")],
-         r"no/such/model|not found|does not exist|no such", subprocess=True),
+         r"no/such/model|not found|does not exist|no such"),
     Case("read-model-random-weights", lambda w: ["read", TEXT, "--model", R(w, "model_randbytes"), "--sae", R(w, "sae_good")],
          r"model|safetensors|weights|corrupt"),
     Case("read-model-unknown-arch", lambda w: ["read", TEXT, "--model", R(w, "model_unknown_arch"), "--sae", R(w, "sae_good")],
@@ -226,15 +234,16 @@ CASES = [
     Case("eval-missing-dataset", lambda w: ["eval", *MS(w), "--dataset", R(w, "nope.txt"), "--tokens", "256"], r"nope\.txt|not found|does not exist|dataset"),
     Case("eval-empty-dataset", lambda w: ["eval", *MS(w), "--dataset", R(w, "empty.txt"), "--tokens", "256"], r"empty|no text|dataset"),
     Case("eval-sae-width-mismatch", lambda w: ["eval", *MS(w, "sae_narrow"), "--dataset", R(w, "corpus.txt"), "--tokens", "256"], r"32|64|d_in|width"),
-    Case("eval-plot-under-regular-file", lambda w: ["eval", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "256", "--plot", R(w, "regular_file/plot.png")],
-         r"regular_file|not a directory|cannot|writable"),
+    Case("eval-plot-under-regular-file", lambda w: ["eval", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "16", "--context-size", "8",
+                                                   "--no-downstream", "--plot", R(w, "regular_file/plot.png")],
+         r"regular_file|not a directory|cannot|writable", xfail="finding 7"),
     # dashboard / serve
     Case("dashboard-out-nonempty", lambda w: ["dashboard", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "256", "--out", R(w, "existing_dir")],
          r"existing_dir|exists|not empty"),
     Case("dashboard-negative-tokens", lambda w: ["dashboard", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "-7", "--out", R(w, "out_dash")],
          r"-7|tokens"),
     Case("dashboard-out-under-regular-file", lambda w: ["dashboard", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "256", "--out", R(w, "regular_file/dash")],
-         r"regular_file|not a directory|cannot create|writable"),
+         r"regular_file|not a directory|cannot create|writable", xfail="finding 9"),
     Case("serve-port-in-use", lambda w: ["serve", *MS(w), "--port", str(w["busy_port"])], r"port|in use|address", subprocess=True,
          setup=_busy_port),
     Case("serve-bad-port", lambda w: ["serve", *MS(w), "--port", "70000"], r"port|70000"),
@@ -244,7 +253,8 @@ CASES = [
     Case("convert-dst-exists", lambda w: ["convert", R(w, "sae_good"), R(w, "existing_dir")], r"existing_dir|exists", subprocess=True),
     Case("convert-dst-is-file", lambda w: ["convert", R(w, "sae_good"), R(w, "existing.txt")], r"existing\.txt|exists"),
     Case("convert-random-bytes", lambda w: ["convert", R(w, "sae_randbytes"), R(w, "out_conv2")], r"sae_weights|safetensors|corrupt"),
-    Case("convert-dst-under-regular-file", lambda w: ["convert", R(w, "sae_good"), R(w, "regular_file/out")], r"regular_file|not a directory|cannot create"),
+    Case("convert-dst-under-regular-file", lambda w: ["convert", R(w, "sae_good"), R(w, "regular_file/out")], r"regular_file|not a directory|cannot create",
+         xfail="finding 8"),
 ]
 
 
@@ -269,13 +279,17 @@ def _run(case: Case, ws, argv: list[str], cwd: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def _params():
+    for c in CASES:
+        marks = [pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else []
+        yield pytest.param(c, id=c.id, marks=marks)
+
+
+@pytest.mark.parametrize("case", list(_params()))
 def test_bad_input(case: Case, ws, tmp_path, monkeypatch):
     command = case.argv({**ws, "busy_port": 1})[0]
     if command not in registered_commands():
         pytest.skip(f"`saescope {command}` not registered yet")
-    if case.xfail:
-        pytest.xfail(case.xfail)
     resource = case.setup(ws) if case.setup else None
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -288,7 +302,8 @@ def test_bad_input(case: Case, ws, tmp_path, monkeypatch):
         if resource is not None:
             resource.close()
     after = snapshot(ws["root"], ws["model_dir"])
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not is_hf_progress(ln)]  # finding 6: own test below
+    print(f"[{case.id}] exit {code}: {' | '.join(lines)}")
     assert "Traceback" not in stderr, stderr
     assert code == 2, f"exit {code}, stderr: {stderr!r}"
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {stderr!r}"
@@ -305,3 +320,36 @@ def test_table_size():
     commands = {c.argv({"root": Path("/x"), "model": "m", "busy_port": 1})[0] for c in CASES}
     assert len(CASES) >= 30
     assert {"read", "steer", "ablate", "attribute", "train", "eval", "dashboard", "serve", "convert"} <= commands
+
+
+@pytest.mark.xfail(strict=True, reason="finding 6")
+def test_no_progress_bar_when_not_tty(ws, capsys):
+    """SAESCOPE_NO_PROGRESS=1 and a non-TTY stderr: loading a model prints no progress bar (only the error line)."""
+    if "read" not in registered_commands():
+        pytest.skip("read not registered yet")
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["read", TEXT, *MS(ws, "sae_truncated")])
+    assert code == 2
+    assert "Loading weights" not in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+
+
+CONTROLS = [
+    ("read", lambda w: ["read", TEXT, *MS(w), "--json"]),
+    ("steer", lambda w: ["steer", TEXT, *MS(w), "--feature", "3", "--strength", "1", "--max-new-tokens", "2", "--json"]),
+    ("convert", lambda w: ["convert", R(w, "sae_good"), R(w, "control_converted")]),
+]
+
+
+@pytest.mark.parametrize("command,argv", CONTROLS, ids=[c[0] for c in CONTROLS])
+def test_control_good_input_succeeds(command, argv, ws, capsys):
+    """The table's commands with good input exit 0: the errors above come from the bad part, not the harness."""
+    if command not in registered_commands():
+        pytest.skip(f"{command} not registered yet")
+    try:
+        code = main(argv(ws))
+    finally:
+        shutil.rmtree(ws["root"] / "control_converted", ignore_errors=True)
+    assert code in (0, None), capsys.readouterr().err
