@@ -37,7 +37,8 @@ def _serve(args) -> int:
     from ..server import ServerConfig, bind_socket, create_app, serve
 
     cfg = ServerConfig(max_text_chars=args.max_text_chars, max_new_tokens=args.max_new_tokens,
-                       max_concurrent_generations=args.max_concurrent_generations, max_body_bytes=args.max_body_bytes)
+                       max_concurrent_generations=args.max_concurrent_generations,
+                       max_concurrent_reads=args.max_concurrent_reads, max_body_bytes=args.max_body_bytes)
     sock = bind_socket(args.host, args.port)          # a busy port fails before the model loads
     lm = load_model(args)
     sae = load_sae(args, lm)
@@ -79,6 +80,8 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=bounded_int(1, 1024), default=128, help="cap on generated tokens per request")
     p.add_argument("--max-concurrent-generations", type=bounded_int(1, 64), default=2,
                    help="steering requests running or waiting; more get HTTP 503")
+    p.add_argument("--max-concurrent-reads", type=bounded_int(1, 1024), default=8,
+                   help="/api/read requests running or waiting; more get HTTP 503")
     p.add_argument("--max-body-bytes", type=bounded_int(256, 1 << 26), default=64 * 1024, help="request body cap (413)")
     add_model_args(p)
     p.set_defaults(handler=_serve)

@@ -19,7 +19,6 @@ Limits (ServerConfig, all configurable): text length, max_new_tokens, concurrent
 more than the cap gets 503 at once instead of queueing), request body size (413). Invalid JSON or fields: 422.
 The model runs one request at a time (a lock): interventions are hooks on the shared model.
 """
-from __future__ import annotations
 
 import argparse
 import dataclasses
