@@ -52,20 +52,20 @@ def sae_hook(sae) -> str:
 def check_fits(lm, sae) -> None:
     """Raise a one-line error unless ``sae`` reads a hook of ``lm`` with the right width, for the same model.
 
-    Checks, in order: the SAE names a hook; the hook exists on this model (HookError listing valid names);
-    the model the SAE was trained on (``metadata.model_name``) is this model ("gpt2", "gpt2-small" and
-    "openai-community/gpt2" are the same); ``d_in`` equals the hook's width (for ``attn.hook_z``:
+    Checks, in order: the SAE names a hook; the model the SAE was trained on (``metadata.model_name``) is this
+    model ("gpt2", "gpt2-small" and "openai-community/gpt2" are the same); the hook exists on this model
+    (HookError listing valid names); ``d_in`` equals the hook's width (for ``attn.hook_z``:
     ``d_head`` with ``hook_head_index``, or ``n_heads * d_head``). A model mismatch with matching widths is
     still an error, since the features would be meaningless. Local models (a path) are not name-checked.
     """
     hook = sae_hook(sae)
-    if hook not in lm.hook_names():
-        lm.hook_width(hook)  # raises HookError listing the valid names
-        raise HookError(f"hook {hook!r} (from the SAE's metadata) does not exist on model {lm.name}")
     trained_on = sae.cfg.metadata.model_name
     if trained_on and not _is_path(lm.name) and not same_model(trained_on, lm.name):
         raise ConfigError(f"the SAE was trained on model {trained_on!r} but the model is {lm.name!r}; "
                           f"pass --model {trained_on} or an SAE made for {lm.name}")
+    if hook not in lm.hook_names():
+        lm.hook_width(hook)  # raises HookError listing the valid names
+        raise HookError(f"hook {hook!r} (from the SAE's metadata) does not exist on model {lm.name}")
     widths = _accepted_widths(lm, hook, sae)
     if sae.d_in not in widths:
         raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {widths[0]} of hook {hook} on model {lm.name}; "

@@ -125,6 +125,6 @@ def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10) -> Fe
     if density is None and getattr(sae, "log_sparsity", None) is not None:
         value = float(sae.log_sparsity.reshape(-1)[index])
         density = 10.0 ** value if math.isfinite(value) else 0.0
-    norm = float(sae.feature_directions(index)[0].norm())
+    norm = float(sae.feature_directions(index)[0].detach().norm())
     return FeatureInfo(index, site.hook, load_labels(sae).get(index), neuronpedia_url(sae, index), promoted,
                        suppressed, note, contexts, contexts_note, density, norm, extra)
