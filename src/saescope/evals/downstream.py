@@ -21,8 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -123,65 +122,12 @@ def _from_sae(new: torch.Tensor, act: torch.Tensor, head: int | None) -> torch.T
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
     if not torch.isfinite(t).all():
-        raise NumericsError(f"{what} contains NaN or inf; check the model/SAE weights and dtype (try --dtype float32)")
+        raise NumericsError(f"{what} contains NaN or inf; check the model and SAE weights and their dtype")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # tokens
 # ----------------------------------------------------------------------------------------------------------
-
-def _read_local_texts(path: Path) -> Iterator[str]:
-    """Fallback text reader: .txt paragraphs (blank-line separated), .jsonl "text" fields."""
-    import json
-
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if file.suffix == ".jsonl":
-            with open(file, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)["text"]
-                        except (ValueError, KeyError, TypeError):
-                            raise InputError(f"{file}:{n}: expected a JSON object with a 'text' field") from None
-        elif file.suffix in (".txt", ".md", ""):
-            text = file.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-            for para in text.split("\n\n"):
-                if para.strip():
-                    yield para
-        elif not path.is_dir():
-            raise InputError(f"dataset {file}: unsupported file type {file.suffix!r} (use .txt or .jsonl)")
-
-
-def _texts(source: str) -> Iterable[str]:
-    try:
-        from ..data import iter_texts
-    except ImportError:
-        iter_texts = None
-    if iter_texts is not None:
-        return iter_texts(source)
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"dataset {source!r}: no such file or folder")
-    return _read_local_texts(path)
-
-
-def _pack_contexts(lm, texts: Iterable[str], context_size: int, prepend_bos: bool) -> Iterator[torch.Tensor]:
-    """Fallback packer: concatenate documents (EOS-separated), cut into ``[context_size]`` rows, BOS first."""
-    bos, eos = lm.info.bos_token_id, lm.info.eos_token_id
-    if prepend_bos and bos is None:
-        raise ConfigError(f"model {lm.name} has no BOS token but the SAE expects prepend_bos=True")
-    body = context_size - (1 if prepend_bos else 0)
-    buf: list[int] = []
-    for text in texts:
-        ids = lm.to_tokens(text, prepend_bos=False, truncate=False).reshape(-1).tolist()
-        buf.extend(ids)
-        if eos is not None:
-            buf.append(eos)
-        while len(buf) >= body:
-            row, buf = buf[:body], buf[body:]
-            yield torch.tensor(([bos] if prepend_bos else []) + row, dtype=torch.long)
-
 
 def _token_contexts(lm, source, n_contexts: int, context_size: int, prepend_bos: bool, seed: int) -> torch.Tensor:
     """``[n, context_size]`` token ids from a tensor, a list of texts, or a dataset name / path."""
@@ -189,15 +135,12 @@ def _token_contexts(lm, source, n_contexts: int, context_size: int, prepend_bos:
         if source.dim() != 2 or source.dtype not in (torch.long, torch.int32, torch.int64):
             raise InputError(f"token tensor must be integer [n, pos], got {source.dtype} {tuple(source.shape)}")
         return source.long()[:n_contexts]
-    texts = _texts(source) if isinstance(source, str) else source
-    try:
-        from ..data import token_contexts
-    except ImportError:
-        token_contexts = None
-    if token_contexts is not None:
-        it = token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed)
-    else:
-        it = _pack_contexts(lm, texts, context_size, prepend_bos)
+    from ..data import iter_texts, token_contexts
+
+    texts = iter_texts(source) if isinstance(source, str) else source
+    # a seeded shuffle over a buffer of 4x the contexts needed: a sample less tied to the source's first pages
+    it = token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed,
+                        shuffle_buffer=min(1024, 4 * n_contexts))
     rows = []
     for row in it:
         rows.append(torch.as_tensor(row, dtype=torch.long).reshape(-1))
@@ -275,15 +218,25 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     n_ctx = lm.info.n_ctx
-    if context_size is None:
+    if isinstance(texts_or_dataset, torch.Tensor) and texts_or_dataset.dim() == 2:
+        context_size = texts_or_dataset.shape[1]
+    elif context_size is None:
         context_size = min(meta.context_size or DEFAULT_CONTEXT_SIZE, n_ctx)
     if not 2 <= context_size <= n_ctx:
         raise InputError(f"context_size {context_size} must be between 2 and the model's n_ctx {n_ctx}")
+    width = lm.hook_width(hook)  # an unknown hook raises HookError listing the valid names
+    if "hook_z" in hook and head is None:
+        width *= lm.info.n_heads
+    if width != sae.d_in:
+        raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {width} of hook {hook} on model {lm.name}; "
+                          f"use an SAE made for this hook")
     prepend_bos = meta.prepend_bos if meta.prepend_bos is not None else lm.info.default_prepend_bos
 
     ids_all = _token_contexts(lm, texts_or_dataset, math.ceil(tokens / context_size), context_size,
                               prepend_bos, seed)
-    context_size = ids_all.shape[1]
+    if len(ids_all) * context_size < tokens:
+        log.warning("the dataset gave %d contexts of %d tokens, fewer than the %d tokens asked for",
+                    len(ids_all), context_size, tokens)
     special = torch.tensor(_special_ids(lm) if exclude_bos else [], dtype=torch.long)
     mask_all = ~torch.isin(ids_all, special)
     if not mask_all.any():
@@ -294,12 +247,9 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
 
     # ---- pass 1: reconstruction, forward stopped after the hook -----------------------------------------
     stats = M.ReconstructionStats(d_sae=sae.d_sae)
-    for bi, (ids, mask) in enumerate(batches):
+    for ids, mask in batches:
         act = lm.run(ids.to(device), capture=hook)[hook]
         x = _to_sae(act, head)
-        if bi == 0 and x.shape[-1] != sae.d_in:
-            raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {x.shape[-1]} of hook {hook} on "
-                              f"model {lm.name}; use an SAE made for this hook")
         _check_finite(x, f"model {lm.name} activation at {hook}")
         x = x.to(device=sae.device, dtype=sae.dtype)
         f, state = sae.encode_with_state(x)
