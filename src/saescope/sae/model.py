@@ -131,10 +131,12 @@ class SAE(nn.Module):
             return gate.to(proj.dtype) * torch.relu(proj * self.r_mag.exp() + self.b_mag)
         pre = kernels.linear(x, self.W_enc, self.b_enc)
         if arch == "relu":
-            return torch.relu(pre)
+            return pre.relu_()  # in place: addmm's backward does not need its output
         if arch == "topk":
             return kernels.scatter_dense(*kernels.topk_relu(pre, self.cfg.k), self.d_sae)
-        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)  # jumprelu, batchtopk
+        if not torch.is_grad_enabled():  # jumprelu, batchtopk: one pass, no extra [.., d_sae] buffers
+            return pre.masked_fill_((pre <= self.threshold) | (pre <= 0), 0.0)
+        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
 
     def encode_with_state(self, x: Tensor) -> tuple[Tensor, TransformState]:
         """``[..., d_in] -> ([..., d_sae], state)``; ``state`` lets ``decode`` undo the input transform."""
