@@ -76,24 +76,10 @@ def _read(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- steer / ablate
 def _interventions(args, method: str):
-    from ..interp import Intervention
+    """(also used by saescope.server) argparse options -> [Intervention]."""
+    from ..interp.steer import build_interventions
 
-    ivs = []
-    feats = args.feature or []
-    strengths = args.strength or []
-    if method != "ablate":
-        if not strengths:
-            raise InputError(f"--strength is required with --method {method}")
-        if len(strengths) not in (1, max(len(feats), 1)):
-            raise InputError(f"give one --strength, or one per --feature ({len(feats)}); got {len(strengths)}")
-    for j, f in enumerate(feats):
-        s = 0.0 if method == "ablate" else strengths[j if len(strengths) > 1 else 0]
-        ivs.append(Intervention((f,), method, s, args.positions))
-    if getattr(args, "algebra", None):
-        ivs.append(Intervention.algebra(args.algebra, strengths[0] if strengths else 1.0, args.positions))
-    if not ivs:
-        raise InputError("give at least one --feature" + (" or --algebra" if method != "ablate" else ""))
-    return ivs
+    return build_interventions(args.feature, args.strength, method, args.positions, getattr(args, "algebra", None))
 
 
 def _generate(args, method: str) -> int:

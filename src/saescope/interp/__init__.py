@@ -13,11 +13,12 @@ from .feature import FeatureInfo, TokenScore, feature_info, logit_lens, neuronpe
 from .labels import load_labels
 from .read import (FeatureActivation, ReadResult, TokenFeatureStats, TokenRow, Trace, feature_trace,
                    features_on_token, read_features)
-from .steer import Intervention, SteerResult, SteeringHook, generate_steered, parse_algebra, steer
+from .steer import (Intervention, SteeringHook, SteerResult, build_interventions, generate_steered, parse_algebra,
+                    steer)
 
 __all__ = [
     "Attribution", "FeatureActivation", "FeatureAttribution", "FeatureInfo", "Intervention", "ReadResult",
-    "SteerResult", "SteeringHook", "TokenFeatureStats", "TokenRow", "TokenScore", "Trace", "check_feature",
+    "SteerResult", "SteeringHook", "TokenFeatureStats", "build_interventions", "TokenRow", "TokenScore", "Trace", "check_feature",
     "check_fits", "direct_logit_attribution", "feature_info", "feature_trace", "features_on_token",
     "generate_steered", "gradient_attribution", "load_labels", "logit_lens", "neuronpedia_url", "parse_algebra",
     "read_features", "steer",

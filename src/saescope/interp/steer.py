@@ -113,6 +113,30 @@ def parse_algebra(expr: str) -> list[tuple[int, float]]:
     return pairs
 
 
+def build_interventions(features=(), strengths=(), method: str = "add", positions: str = "all",
+                        algebra: str | None = None) -> list[Intervention]:
+    """Interventions from command-line-style options (used by ``saescope steer``/``ablate`` and the server).
+
+    One Intervention per feature; ``strengths`` holds one value for all features or one per feature (ignored,
+    and not required, for ablate). ``algebra`` ("12-7") adds one combined direction with ``strengths[0]``.
+    """
+    features, strengths = list(features or []), list(strengths or [])
+    if method != "ablate":
+        if not strengths:
+            raise InputError(f"--strength is required with --method {method}")
+        if len(strengths) not in (1, max(len(features), 1)):
+            raise InputError(f"give one --strength, or one per --feature ({len(features)}); got {len(strengths)}")
+    ivs = []
+    for j, f in enumerate(features):
+        s = 0.0 if method == "ablate" else strengths[j if len(strengths) > 1 else 0]
+        ivs.append(Intervention((f,), method, s, positions))
+    if algebra:
+        ivs.append(Intervention.algebra(algebra, strengths[0] if strengths else 1.0, positions))
+    if not ivs:
+        raise InputError("give at least one --feature" + (" or --algebra" if method != "ablate" else ""))
+    return ivs
+
+
 def position_mask(spec: str, ctx, shape: tuple[int, int], device) -> torch.Tensor:
     """BoolTensor ``[b, pos]``: where an intervention with positions ``spec`` applies, from the HookContext."""
     if spec == "all":
