@@ -438,3 +438,58 @@ def address_space_limit(extra_mb: float = 2048):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+# --- child processes that can be SIGKILLed: forked from a forkserver with torch + saescope already imported ------
+
+def train_child(mode: str, args: list, log_path: str) -> None:
+    """Entry point of a killable training process. mode "cli": ``saescope.cli.main(args)``; mode "api":
+    ``train_sae(np.load(args[0]), TrainConfig.from_json(args[1]), out_dir=args[2], resume=args[3])``.
+    stdout/stderr go to ``log_path``; the exit code is the CLI's."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ["SAESCOPE_NO_PROGRESS"] = "1"
+    torch.set_num_threads(1)
+    code = 0
+    try:
+        if mode == "cli":
+            from saescope.cli import main
+            code = main(list(args))
+        else:
+            from saescope.train import TrainConfig, train_sae
+            acts, cfg_json, out, resume = args
+            train_sae(torch.from_numpy(np.load(acts)), TrainConfig.from_json(Path(cfg_json).read_text()),
+                      out_dir=out, resume=resume)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 2
+    except BaseException:  # noqa: BLE001
+        import traceback
+        traceback.print_exc()
+        code = 1
+    sys_stdout_flush()
+    os._exit(int(code or 0))
+
+
+def sys_stdout_flush() -> None:
+    import sys
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+_CTX = None
+
+
+def killable_context():
+    """A multiprocessing context whose children fork from a server that pre-imported torch and saescope
+    (a fresh interpreter costs seconds on this machine; a fork from the server costs milliseconds)."""
+    global _CTX
+    if _CTX is None:
+        import multiprocessing as mp
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.optim", "safetensors.torch", "numpy", "saescope.cli", "saescope.train", "saescope.sae", "fuzz_util"])
+        _CTX = ctx
+    return _CTX
