@@ -401,3 +401,45 @@ def test_bad_inputs_are_one_line_errors(gpt2_hub, sae_dir, lm, sae, text_file, t
         bad.b_dec[0] = float("nan")
     with pytest.raises(NumericsError, match="NaN"):
         evaluate_sae(lm, bad, ids, tokens=32, downstream=False)
+
+
+def _identity_sae(d_in, hook, head=None):
+    """ReLU SAE with W_enc = [I, -I], W_dec = [I; -I]: x̂ = relu(x) - relu(-x) = x exactly."""
+    from saescope.sae import SAE, SAEConfig, SAEMetadata
+
+    sae = SAE(SAEConfig(architecture="relu", d_in=d_in, d_sae=2 * d_in,
+                        metadata=SAEMetadata(hook_name=hook, hook_head_index=head)))
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+@pytest.mark.parametrize("hook,d_in,head", [("blocks.5.hook_resid_post", 64, None), ("blocks.2.attn.hook_z", 64, None),
+                                             ("blocks.2.attn.hook_z", 16, 1)])
+def test_exact_reconstruction_recovers_everything(lm, hook, d_in, head):
+    from saescope.evals import evaluate_sae
+
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 4096, (4, 16), generator=g)
+    ids[:, 0] = BOS
+    r = evaluate_sae(lm, _identity_sae(d_in, hook, head), ids, tokens=64, batch_size=3)
+    assert r.tokens == 4 * 15 and r.ce_tokens == 4 * 14
+    assert r.explained_variance == pytest.approx(1.0, abs=1e-6) and r.mse < 1e-12
+    assert r.ce_loss_recovered == pytest.approx(1.0, abs=1e-5)
+    assert r.ce_loss_recovered_mean_ablation == pytest.approx(1.0, abs=1e-4)
+    assert r.kl_sae < 1e-7 and r.kl_score == pytest.approx(1.0, abs=1e-5)
+    assert r.ce_loss_zero_ablation != pytest.approx(r.ce_loss_clean, abs=1e-4)  # the ablations do act
+    assert r.l0 == pytest.approx(d_in, abs=0.5)  # every coordinate is non-zero in one of the two halves
+
+
+def test_cli_table_output(gpt2_hub, sae_dir, text_file):
+    code, out, err = _run_cli(["eval", "--model", gpt2_hub, "--sae", str(sae_dir), "--dataset", str(text_file),
+                               "--tokens", "64", "--context-size", "16", "--no-downstream"])
+    assert code == 0, err
+    lines = dict(line.strip().rsplit(None, 1) for line in out.splitlines()[1:])
+    assert lines["tokens"] == str(4 * 15) and lines["CE recovered (zero abl.)"] == "n/a"
+    assert -1.0 < float(lines["explained variance"]) <= 1.0
