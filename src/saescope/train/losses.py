@@ -207,8 +207,10 @@ class TrainableSAE(nn.Module):
         g = self.W_dec.grad
         if g is None:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        g -= (g * w).sum(1, keepdim=True) * w
+        W = self.W_dec
+        # g -= <g, w> w / |w|^2 per row, without materialising the normalised matrix
+        coef = torch.bmm(g.unsqueeze(1), W.unsqueeze(2)).view(-1) / W.pow(2).sum(1).clamp_min(1e-24)
+        g.sub_(W * coef.unsqueeze(1))
 
     @torch.no_grad()
     def renormalize_decoder(self) -> None:

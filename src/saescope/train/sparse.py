@@ -49,11 +49,13 @@ class ActivePattern:
         return int(self.cols.numel())
 
     @classmethod
-    def from_rows_cols(cls, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int) -> "ActivePattern":
-        """rows, cols [nnz] already in CSR order."""
-        counts = torch.bincount(rows, minlength=n_rows)
-        crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
-        torch.cumsum(counts, 0, out=crow[1:])
+    def from_rows_cols(cls, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
+                       crow: torch.Tensor | None = None) -> "ActivePattern":
+        """rows, cols [nnz] already in CSR order (``crow`` if already known)."""
+        if crow is None:
+            counts = torch.bincount(rows, minlength=n_rows)
+            crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+            torch.cumsum(counts, 0, out=crow[1:])
         t_perm = torch.argsort(cols, stable=True)
         t_counts = torch.bincount(cols, minlength=n_cols)
         t_crow = torch.zeros(n_cols + 1, dtype=torch.long, device=rows.device)
@@ -66,7 +68,8 @@ class ActivePattern:
         sorted_idx, order = idx.sort(dim=1)
         n_rows, k = idx.shape
         rows = torch.arange(n_rows, device=idx.device).repeat_interleave(k)
-        return cls.from_rows_cols(rows, sorted_idx.reshape(-1), n_rows, n_cols), order
+        crow = torch.arange(0, n_rows * k + 1, k, device=idx.device)
+        return cls.from_rows_cols(rows, sorted_idx.reshape(-1), n_rows, n_cols, crow), order
 
     @classmethod
     def from_flat(cls, flat_idx: torch.Tensor, n_rows: int, n_cols: int) -> tuple["ActivePattern", torch.Tensor]:

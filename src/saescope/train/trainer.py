@@ -320,7 +320,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     gen = torch.Generator().manual_seed(cfg.seed)
     model = TrainableSAE(cfg, d_in, gen, device=device)
     params = [p for p in model.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    opt = _adam(params, cfg, device)
     st = _RunState()
     d_sae = model.d_sae
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
@@ -547,6 +547,15 @@ def _metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, to
     return row
 
 
+def _adam(params, cfg: TrainConfig, device: torch.device):
+    """Adam; the fused kernel where available (several times faster than foreach on CPU for big matrices)."""
+    kw = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    try:
+        return torch.optim.Adam(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, **kw)
+
+
 def _maybe_wandb(cfg: TrainConfig):
     if not cfg.wandb_project:
         return None
@@ -556,3 +565,27 @@ def _maybe_wandb(cfg: TrainConfig):
         log.warning("wandb_project is set but wandb is not installed; logging to metrics.jsonl only")
         return None
     return wandb.init(project=cfg.wandb_project, config=cfg.to_dict())
+
+
+def train_from_config(cfg: TrainConfig, activations=None, out_dir=None, resume: bool = False):
+    """``saescope train``: train from an activations file/cache, or from ``cfg.model`` + ``cfg.hook`` + ``cfg.dataset``."""
+    if activations is not None:
+        return train_sae(activations, cfg, out_dir=out_dir, resume=resume)
+    missing = [name for name in ("model", "hook", "dataset") if getattr(cfg, name) is None]
+    if missing:
+        raise InputError(f"--{missing[0]} is required (or pass --activations PATH)")
+    from ..lm import LanguageModel
+
+    lm = LanguageModel.from_pretrained(cfg.model, device=cfg.device)
+    lm.hook_width(cfg.hook)  # unknown hook -> HookError listing the valid names
+    return train_sae((lm, cfg.hook, cfg.dataset), cfg, out_dir=out_dir, resume=resume)
+
+
+def harvest_activations(model: str, hook: str, dataset: str, tokens: int, out, device=None, **kwargs):
+    """``saescope harvest``: load the model and write an ActivationCache (see ``saescope.data.harvest``)."""
+    from ..data.activations import harvest
+    from ..lm import LanguageModel
+
+    lm = LanguageModel.from_pretrained(model, device=device)
+    lm.hook_width(hook)
+    return harvest(lm, hook, dataset, tokens, out, **kwargs)
