@@ -170,3 +170,17 @@ def test_save_is_atomic_and_keeps_dtype(tmp_path):
     sae.save(tmp_path / "d")  # overwriting an SAE folder in place leaves no temporary files
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_sparse_decode_of_sparse_codes_equals_dense():
+    """Trained SAEs give sparse codes; decode then gathers only the non-zeros. Same result as the dense product."""
+    sae = SAE(SAEConfig("relu", D_IN, 2048), seed=3)
+    g = torch.Generator().manual_seed(9)
+    f = torch.relu(torch.randn(2, 300, 2048, generator=g) - 2.3)  # ~1% dense, > 2**20 elements
+    f[0, 5] = 0.0
+    with torch.no_grad():
+        out = sae.decode(f)
+        ref = torch.einsum("bps,sd->bpd", f.double(), sae.W_dec.double()) + sae.b_dec.double()
+        assert out.shape == (2, 300, D_IN)
+        assert torch.allclose(out.double(), ref, atol=1e-4)
+        assert torch.allclose(out[0, 5], sae.b_dec)

@@ -32,6 +32,10 @@ class SAEMetadata:
     sae_id: str | None = None
     extra: dict = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # ``extra`` is a dict: hash its JSON form
+        fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra")
+        return hash((fields, json.dumps(self.extra, sort_keys=True, default=str)))
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["extra"] = dict(self.extra)

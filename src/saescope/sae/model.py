@@ -166,7 +166,7 @@ class SAE(nn.Module):
         """``[..., d_sae] -> [..., d_in]`` in raw activation space. Without ``state``, an input-dependent
         transform (center, layer_norm, constant_norm_rescale) cannot be undone: the result is then in the
         SAE's normalised space; ``none`` and ``scale`` are always undone."""
-        return self._finish(kernels.linear(f.to(self.dtype), self.W_dec, self.b_dec), state)
+        return self._finish(kernels.decode(f.to(self.dtype), self.W_dec, self.b_dec), state)
 
     def decode_sparse(self, code: SparseCode) -> Tensor:
         """``SparseCode -> [..., d_in]`` with an ``embedding_bag`` over the k active rows of ``W_dec``."""
