@@ -350,3 +350,65 @@ def test_loads_from_local_dir_and_hub_alias(gpt2_dir, gpt2_hub, gpt2_lm):
     ids = gpt2_lm.to_tokens(TEXTS[0])
     assert torch.equal(local(ids), gpt2_lm(ids)) and torch.equal(alias(ids), gpt2_lm(ids))
     assert local.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------- odds and ends
+def test_stop_at_eos(gpt2_lm):
+    import dataclasses
+
+    greedy = gpt2_lm.generate(TEXTS[1], max_new_tokens=8)
+    p = gpt2_lm.to_tokens(TEXTS[1]).shape[1]
+    new = greedy[0, p:].tolist()
+    eos = new[2]
+    cut = new.index(eos)                                   # first occurrence of the pretend-EOS token
+    lm = LanguageModel(gpt2_lm.hf_model, gpt2_lm.tokenizer, "gpt2", gpt2_lm.family)
+    lm.info = dataclasses.replace(lm.info, eos_token_id=eos)
+    stopped = lm.generate(TEXTS[1], max_new_tokens=8, stop_at_eos=True)
+    assert stopped[0, p:].tolist() == new[: cut + 1]
+    assert lm.generate(TEXTS[1], max_new_tokens=8, stop_at_eos=True, return_text=True) == [lm.to_string(new[:cut])]
+    assert torch.equal(lm.generate(TEXTS[1], max_new_tokens=8), greedy)     # off by default
+
+
+def test_grad_and_explicit_mask(gpt2_lm):
+    out = gpt2_lm.run(TEXTS[0], capture="blocks.3.hook_resid_pre", grad=True, return_logits=True)
+    assert out["blocks.3.hook_resid_pre"].requires_grad and out["logits"].requires_grad
+    assert not gpt2_lm.run(TEXTS[0], capture="blocks.3.hook_resid_pre")["blocks.3.hook_resid_pre"].requires_grad
+    # gradient of a logit with respect to an activation, through an intervention that exposes a leaf
+    leaf = {}
+
+    def expose(act):
+        leaf["x"] = act.detach().requires_grad_(True)
+        return leaf["x"]
+
+    with gpt2_lm.intervene({"blocks.3.hook_resid_pre": expose}):
+        logits = gpt2_lm(TEXTS[0], grad=True)
+    logits[0, -1, 5].backward()
+    assert leaf["x"].grad is not None and leaf["x"].grad[0, -1].abs().sum() > 0
+    assert leaf["x"].grad[0, :-1].abs().sum() > 0          # earlier positions feed the last one through attention
+    # left-padded ids with an explicit mask give the same activations as the unpadded row
+    ids = gpt2_lm.to_tokens(TEXTS[1])
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    a = gpt2_lm.run(padded, capture="blocks.7.hook_resid_post", attention_mask=mask)["blocks.7.hook_resid_post"]
+    b = gpt2_lm.run(ids, capture="blocks.7.hook_resid_post")["blocks.7.hook_resid_post"]
+    assert rel_err(a[:, 3:], b) < 1e-5
+
+
+def test_str_tokens_and_strings(gpt2_lm):
+    ids = gpt2_lm.to_tokens(TEXTS)
+    assert gpt2_lm.to_string(ids[0]) == gpt2_lm.tokenizer.bos_token + TEXTS[0]          # row 0 is the longer one
+    assert gpt2_lm.to_string(gpt2_lm.to_tokens(TEXTS[0], prepend_bos=False)) == [TEXTS[0]]
+    assert "".join(gpt2_lm.to_str_tokens(TEXTS[0], prepend_bos=False)) == TEXTS[0]
+    assert gpt2_lm.to_str_tokens(TEXTS) == [gpt2_lm.to_str_tokens(t) for t in TEXTS]
+    assert gpt2_lm.to_str_tokens(ids[0, :3]) == gpt2_lm.to_str_tokens(TEXTS[0])[:3]
+    long = gpt2_lm.to_tokens("word " * 300, truncate=True)
+    assert long.shape == (1, gpt2_lm.info.n_ctx)
+
+
+def test_missing_bundled_model_is_one_line(monkeypatch, tmp_path):
+    import saescope.assets
+
+    monkeypatch.setattr(saescope.assets, "tiny_model_dir", lambda: tmp_path)
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained("tiny")
+    assert str(tmp_path) in _one_line(e)
