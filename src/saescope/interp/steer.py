@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import InputError
+from ..sae import SparseCode
 from .compat import Site, check_feature, check_fits, tokens_for
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class SteeringHook:
         self.interventions = list(interventions)
         self.records: list | None = [] if record else None
         self._directions = {}
+        self._edited = sorted({f for iv in self.interventions if iv.method in ENCODED_METHODS for f in iv.features})
         for iv in self.interventions:
             for f in iv.features:
                 check_feature(sae, f)
@@ -176,6 +178,16 @@ class SteeringHook:
                         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                     w = torch.tensor(iv.weights if iv.weights else [1.0] * len(iv.features), device=d.device)
                     self._directions[id(iv)] = iv.strength * (w[:, None] * d).sum(0)   # [d_in]
+
+    def _decode_difference(self, f: torch.Tensor, f_new: torch.Tensor, state) -> torch.Tensor:
+        """``decode(f_new, state) - decode(f, state)``: ``[..., d_sae] -> [..., d_in]``. Decoding is affine in the
+        features, so only the edited ones matter: a sparse decode over them (k rows of W_dec, not d_sae)."""
+        idx = self._edited
+        if len(idx) * 4 < self.sae.d_sae:
+            i = torch.tensor(idx, device=f.device).expand(*f.shape[:-1], len(idx))
+            return (self.sae.decode_sparse(SparseCode(f_new[..., idx] - f[..., idx], i, state))
+                    - self.sae.decode_sparse(SparseCode(torch.zeros_like(f[..., idx]), i, state)))
+        return self.sae.decode(f_new, state) - self.sae.decode(f, state)
 
     def __call__(self, act: torch.Tensor, ctx=None) -> torch.Tensor:
         with torch.no_grad():
@@ -199,7 +211,7 @@ class SteeringHook:
                     else:
                         new = torch.zeros_like(cur)
                     f_new[..., idx] = torch.where(m.to(f.device)[..., None], new, cur)
-                delta += (self.sae.decode(f_new, state) - self.sae.decode(f, state)).to(dev, torch.float32)
+                delta += self._decode_difference(f, f_new, state).to(dev, torch.float32)
             for iv, m in zip(self.interventions, masks):
                 if iv.method in ("add", "algebra") and m.any():
                     delta += m[..., None].float() * self._directions[id(iv)].to(dev)
