@@ -13,6 +13,15 @@ from saescope.sae import transforms
 D_IN, D_SAE = 20, 80
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP contention on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make(arch="relu", seed=0, **kw) -> SAE:
     cfg = SAEConfig(arch, D_IN, D_SAE, k=kw.pop("k", 5 if arch == "topk" else None), **kw)
     sae = SAE(cfg, seed=seed)
