@@ -254,6 +254,12 @@ class LanguageModel:
         torch_dtype = _resolve_dtype(dtype)
         dev = _resolve_device(device)
         folder, name = _resolve_model_dir(name_or_path)
+        from ..progress import progress_enabled
+
+        if not progress_enabled():   # transformers' own "Loading weights" bar follows saescope's setting
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         try:
             config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         except Exception as exc:
