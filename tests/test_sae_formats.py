@@ -283,3 +283,19 @@ def test_convert_cli(native, tmp_path, capsys):
     assert main(["list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert {"gpt2-small-res-jb", "gpt2-small-resid-post-v5-32k", "gemma-scope-2b-pt-res-canonical"} <= {r["name"] for r in listed}
+
+
+def test_npz_claiming_more_than_it_holds(tmp_path):
+    """A Gemma Scope archive whose array header claims a huge shape is refused before numpy allocates it."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(tmp_path / "params.npz", "w") as zf:
+        zf.writestr("W_enc.npy", buf.getvalue() + b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="W_enc.npy.*claims shape"):
+        SAE.load(tmp_path)
+    (tmp_path / "params.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="params.npz"):
+        SAE.load(tmp_path)

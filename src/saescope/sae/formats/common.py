@@ -115,12 +115,40 @@ def load_npz(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: corrupt, truncated or pickled .npz archive ({msg[:200]})") from None
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Every array's header shape must fit in its (uncompressed) zip member before numpy allocates it."""
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{path}: array {info.filename!r} holds Python objects (refused)")
+                if math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise CheckpointError(f"{path}: array {info.filename!r} claims shape {list(shape)}, more than its "
+                                          f"{info.file_size} bytes: the file is corrupt")
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated .npz archive ({msg[:200]})") from None
 
 
 def check_state(cfg, state: dict, source: str) -> None:

@@ -97,7 +97,8 @@ def parse_config(raw: dict, source: Path) -> tuple[SAEConfig, dict]:
     try:
         k = cfg.get("k")
         out = SAEConfig(
-            architecture=_FROM_SAELENS_ARCH[arch], d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]),
+            architecture=_FROM_SAELENS_ARCH[arch], d_in=int(cfg["d_in"]),
+            d_sae=int(cfg["d_sae"] if "d_sae" in cfg or "expansion_factor" not in cfg else cfg["d_in"] * cfg["expansion_factor"]),
             k=int(k) if k is not None and arch in ("topk", "batchtopk") else None,
             apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), input_transform=transform,
             dtype=str(cfg.get("dtype", "float32")).replace("torch.", ""),
