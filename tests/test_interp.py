@@ -324,3 +324,32 @@ def test_bad_input_is_one_line(lm, sae, call, match):
     with pytest.raises(InputError, match=match) as err:
         call(lm, sae)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("head", [None, 2])
+def test_hook_z_sites(lm, head):
+    """attn.hook_z [pos, n_heads, d_head]: an SAE on all heads concatenated (d_in 64) or on one head (d_in 16)."""
+    hook = "blocks.3.attn.hook_z"
+    d_in = 64 if head is None else 16
+    cfg = SAEConfig("relu", d_in=d_in, d_sae=32, metadata=SAEMetadata(model_name="gpt2", hook_name=hook,
+                                                                      hook_head_index=head))
+    z_sae = SAE(cfg, seed=4)
+    ids = lm.to_tokens(TEXT)
+    with torch.no_grad():
+        z = lm.run(ids, capture=hook)[hook][0]                                     # [pos, 4, 16]
+        x = z.flatten(-2) if head is None else z[:, head]
+        f = z_sae.encode(x)
+    i = int((f > 0).sum(0).argmax())
+    [res] = read_features(lm, z_sae, TEXT, top_k=2)
+    assert res.tokens[3].features[0].index == int(f[3].argmax())
+    with steer(lm, z_sae, Intervention(i, "ablate")):
+        z_abl = lm.run(ids, capture=hook)[hook][0]
+    delta = (z_abl - z).flatten(-2) if head is None else (z_abl - z)[:, head]
+    torch.testing.assert_close(delta, -f[:, i:i + 1] * z_sae.W_dec[i].detach(), atol=1e-5, rtol=0)
+    if head is not None:
+        others = [h for h in range(4) if h != head]
+        assert (z_abl - z)[:, others].abs().max() == 0
+    with pytest.raises(InputError, match="direct logit attribution needs"):
+        direct_logit_attribution(lm, z_sae, TEXT)
+    g = gradient_attribution(lm, z_sae, TEXT)
+    assert g.features and math.isfinite(g.error)
