@@ -104,3 +104,19 @@ def test_features_equal_transformerlens_plus_saelens(release_cache, gpt2_hub, gp
         sae_plain = SAE.from_state_dict(plain, dict(sae.named_parameters()))
         with torch.no_grad():
             assert (sae_plain.encode(acts[hook]) - f_ref).abs().max() > 1e-2
+
+
+def test_tiny_release_reads_bundled_folder(tmp_path, monkeypatch):
+    import saescope.assets as assets
+    from saescope.sae import SAEConfig, SAEMetadata
+
+    monkeypatch.setattr(assets, "TINY", tmp_path)
+    with pytest.raises(Exception, match="no SAEs bundled yet"):
+        SAE.from_spec("tiny:resid2-topk")
+    sae = SAE(SAEConfig("topk", 16, 64, k=4, metadata=SAEMetadata(model_name="tiny", hook_name="blocks.2.hook_resid_pre")))
+    sae.save(tmp_path / "saes" / "resid2-topk")
+    got = SAE.from_spec("tiny:resid2-topk")
+    assert got.cfg.metadata.hook_name == "blocks.2.hook_resid_pre" and got.cfg.metadata.release == "tiny"
+    assert torch.equal(got.W_dec, sae.W_dec)
+    with pytest.raises(Exception, match="no SAE 'other'.*resid2-topk"):
+        SAE.from_spec("tiny:other")
