@@ -172,7 +172,7 @@ def _splice_fn(sae, head: int | None, mask: torch.Tensor):
     def splice(act):
         x = _to_sae(act, head)
         x_hat = sae(x.to(device=sae.device, dtype=sae.dtype)).to(device=x.device, dtype=x.dtype)
-        _check_finite(x_hat, f"SAE {_sae_name(sae)} reconstruction")
+        _check_finite(x_hat[mask], f"SAE {_sae_name(sae)} reconstruction")
         return _from_sae(torch.where(mask[..., None], x_hat, x), act, head)
     return splice
 
@@ -242,7 +242,15 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     if not mask_all.any():
         raise InputError("no token left to evaluate after excluding BOS/special tokens; give more text")
     batches = [(ids_all[i:i + batch_size], mask_all[i:i + batch_size]) for i in range(0, len(ids_all), batch_size)]
-    bar = progress(total=len(batches) * (2 if downstream else 1), desc="eval", unit="batch")
+    with progress(total=len(batches) * (2 if downstream else 1), desc="eval", unit="batch") as bar:
+        result = _evaluate(lm, sae, hook, head, batches, bar, downstream, name, exclude_bos, context_size)
+    result.seconds = time.perf_counter() - t0
+    log.info("evaluated %s on %d tokens in %.1fs: L0 %.1f, EV %.3f, CE recovered %.3f", result.sae, result.tokens,
+             result.seconds, result.l0, result.explained_variance, result.ce_loss_recovered)
+    return result
+
+
+def _evaluate(lm, sae, hook, head, batches, bar, downstream, name, exclude_bos, context_size) -> EvalResult:
     device = lm.device
 
     # ---- pass 1: reconstruction, forward stopped after the hook -----------------------------------------
@@ -254,14 +262,15 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
         x = x.to(device=sae.device, dtype=sae.dtype)
         f, state = sae.encode_with_state(x)
         x_hat = sae.decode(f, state)
-        _check_finite(x_hat, f"SAE {_sae_name(sae)} reconstruction")
         m = mask.to(x.device)
-        stats.update(x[m], x_hat[m], f[m])
+        x, x_hat, f = x[m], x_hat[m], f[m]
+        _check_finite(x_hat, f"SAE {_sae_name(sae)} reconstruction")
+        stats.update(x, x_hat, f)
         bar.update(1)
 
     density = stats.feature_density
     result = EvalResult(
-        model=lm.name, sae=name or _sae_name(sae), hook=hook, tokens=stats.n, contexts=len(ids_all),
+        model=lm.name, sae=name or _sae_name(sae), hook=hook, tokens=stats.n, contexts=sum(len(b[0]) for b in batches),
         context_size=context_size, exclude_bos=exclude_bos, d_sae=sae.d_sae,
         l0=stats.l0, l1=stats.l1, explained_variance=stats.explained_variance, fvu=stats.fvu, mse=stats.mse,
         sse_per_token=stats.sse_per_token, cosine_similarity=stats.cosine_similarity, l2_ratio=stats.l2_ratio,
@@ -299,8 +308,4 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
             kl_sae=kl["sae"], kl_zero_ablation=kl["zero"], kl_mean_ablation=kl["mean"],
             kl_score=M.kl_score(kl["sae"], kl["zero"]), kl_score_mean_ablation=M.kl_score(kl["sae"], kl["mean"]),
         )
-    bar.close()
-    result.seconds = time.perf_counter() - t0
-    log.info("evaluated %s on %d tokens in %.1fs: L0 %.1f, EV %.3f, CE recovered %.3f", result.sae, result.tokens,
-             result.seconds, result.l0, result.explained_variance, result.ce_loss_recovered)
     return result
