@@ -18,7 +18,15 @@ _TRAIN_FIELDS = {
 def _train(args) -> int:
     from ..train import TrainConfig, train_from_config
 
-    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    from pathlib import Path
+
+    saved = Path(args.out) / "train_config.json"
+    if args.config:
+        cfg = TrainConfig.from_file(args.config)
+    elif args.resume and saved.exists():  # --resume alone continues the run with its own settings
+        cfg = TrainConfig.from_file(saved)
+    else:
+        cfg = TrainConfig()
     changes = {field: getattr(args, opt) for opt, field in _TRAIN_FIELDS.items() if getattr(args, opt) is not None}
     if args.no_plots:
         changes["plots"] = False

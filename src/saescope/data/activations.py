@@ -159,7 +159,7 @@ class ActivationCache:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         full = {"format": "saescope-activations/1", "d_in": int(d_in), "dtype": dtype, "shard_tokens": int(shard_tokens),
-                "shards": [], "shard_sizes": [], "n_tokens": 0, "contexts_done": 0, "complete": False}
+                "shards": [], "shard_sizes": [], "shard_contexts": [], "n_tokens": 0, "contexts_done": 0, "complete": False}
         full.update(meta or {})
         cache = cls(path, full)
         _atomic_json(path / META_FILE, full)
@@ -184,6 +184,7 @@ class ActivationCache:
             _atomic_save_npy(self.path / name, arr)
             self.meta["shards"].append(name)
             self.meta["shard_sizes"].append(int(arr.shape[0]))
+            self.meta.setdefault("shard_contexts", []).append(int(self._buf_contexts))
             self.meta["n_tokens"] += int(arr.shape[0])
         self.meta["contexts_done"] += self._buf_contexts
         _atomic_json(self.path / META_FILE, self.meta)
