@@ -26,6 +26,14 @@ CFG = StatsConfig(n_tokens=N_CTX * CTX, context_size=CTX, batch_size=5, top_k=6,
                   cofire_k=4, cofire_tokens=300, checkpoint_every=1, seed=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)     # tiny matrices: threads only add contention on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def rep_lm(gpt2_dir):
     from saescope.lm import LanguageModel

@@ -142,8 +142,11 @@ class StatsAccumulator:
         f = f.to(self.device, torch.float32)
         tokens = tokens.to(self.device)
         mask = mask.to(self.device, torch.bool)
-        fm = f.masked_fill_(~mask[..., None], 0.0)                 # [B, T, D], 0 where not counted
+        fm = f
         flat = fm.reshape(B * T, D)
+        out = (~mask).reshape(-1).nonzero(as_tuple=True)[0]
+        if out.numel():
+            flat[out] = 0.0                                        # positions not counted (BOS, EOS) -> 0
         n = int(mask.sum())
         self.n_tokens += n
 
@@ -157,11 +160,13 @@ class StatsAccumulator:
             self.hist += torch.bincount(cols * c.hist_bins + b, minlength=D * c.hist_bins).view(D, c.hist_bins)
 
         # top-k examples: running topk over tokens for every feature at once
-        k = min(c.top_k, B * T)
-        bval, bidx = flat.t().topk(k, dim=1)                      # [D, k]; zeros never become examples
-        btok, bact = self._windows(tokens, fm, bidx)
+        if vals.numel() * 8 < flat.numel():                        # sparse codes: top-k among the non-zeros
+            bval, bidx = _segment_topk(cols, vals, rows, D, c.top_k)   # [D, top_k], -inf where fewer
+        else:
+            bval, bidx = flat.t().topk(min(c.top_k, B * T), dim=1)   # [D, k]; zeros never become examples
+        gather = lambda feat, row: self._windows(tokens, flat, T, feat, row)   # noqa: E731
         self.top_val, (self.top_tok, self.top_act) = _merge(self.top_val, (self.top_tok, self.top_act),
-                                                            bval, (btok, bact), c.top_k)
+                                                            bval, bidx, c.top_k, gather)
 
         # weighted reservoir over the active entries (keys log(u)/a; larger a -> larger key more often)
         if vals.numel():
@@ -170,11 +175,13 @@ class StatsAccumulator:
             u = torch.rand(vals.shape, generator=gen, device=self.device).clamp_min_(1e-12)
             keys = u.log() / vals
             rk, rrow = _segment_topk(cols, keys, rows, D, c.reservoir)   # [D, R] keys (-inf = empty), rows
-            rtok, ract = self._windows(tokens, fm, rrow)
-            rval = flat[rrow, torch.arange(D, device=self.device)[:, None]]
-            rval = torch.where(torch.isfinite(rk), rval, torch.zeros_like(rval))
+
+            def gather_val(feat, row):
+                tok, act = self._windows(tokens, flat, T, feat, row)
+                return tok, act, flat[row, feat]
+
             self.res_key, (self.res_tok, self.res_act, self.res_val) = _merge(
-                self.res_key, (self.res_tok, self.res_act, self.res_val), rk, (rtok, ract, rval), c.reservoir)
+                self.res_key, (self.res_tok, self.res_act, self.res_val), rk, rrow, c.reservoir, gather_val)
 
         # co-firing subsample: the first cofire_tokens counted tokens
         if self.n_co < c.cofire_tokens and n:
@@ -188,18 +195,19 @@ class StatsAccumulator:
         self.batches += 1
         self.contexts += B
 
-    def _windows(self, tokens: torch.Tensor, fm: torch.Tensor, idx: torch.Tensor):
-        """Token windows around flat token indices ``idx [D, k]`` -> (tokens [D, k, w] int32, acts [D, k, w])."""
-        B, T, D = fm.shape
+    def _windows(self, tokens: torch.Tensor, flat: torch.Tensor, T: int, feat: torch.Tensor, row: torch.Tensor):
+        """Windows around flat token rows ``row [m]`` for features ``feat [m]`` ->
+        (token ids [m, w] int32 (-1 outside the context), that feature's activations [m, w])."""
         W = self.cfg.window
-        b, t = idx // T, idx % T
-        pos = t[..., None] + torch.arange(-W, W + 1, device=self.device)           # [D, k, w]
+        D = flat.shape[1]
+        t = row % T
+        off = torch.arange(-W, W + 1, device=self.device)
+        pos = t[:, None] + off                                                      # [m, w]
         valid = (pos >= 0) & (pos < T)
-        posc = pos.clamp(0, T - 1)
-        bb = b[..., None].expand_as(posc)
-        tok = torch.where(valid, tokens[bb, posc], torch.full_like(posc, -1)).to(torch.int32)
-        feat = torch.arange(D, device=self.device)[:, None, None].expand_as(posc)
-        act = torch.where(valid, fm[bb, posc, feat], torch.zeros((), device=self.device))
+        rows = (row - t)[:, None] + pos.clamp(0, T - 1)                             # flat row of each window token
+        tok = torch.where(valid, tokens.reshape(-1)[rows], torch.full_like(rows, -1)).to(torch.int32)
+        act = flat.reshape(-1)[rows * D + feat[:, None]]
+        act = torch.where(valid, act, torch.zeros((), device=self.device))
         return tok, act
 
     # ---------------------------------------------------------------- state
@@ -259,15 +267,23 @@ class StatsAccumulator:
         return out_i, out_c, out_j
 
 
-def _merge(key, wins, bkey, bwins, k):
-    """Keep the k largest ``key [D, K]`` among running and batch candidates (``bkey [D, k']``), with the
-    tensors in ``wins`` (``[D, K, ...]``, matched by ``bwins``) gathered alongside. -> (key, [wins])."""
+def _merge(key, wins, bkey, brow, k, gather):
+    """Keep the k largest of the running ``key [D, K]`` and this batch's candidates ``bkey [D, k']`` (at flat token
+    rows ``brow [D, k']``). ``wins`` are per-entry tensors ``[D, K, ...]`` kept alongside; for the batch candidates
+    that make it in, ``gather(feat [m], row [m])`` computes them (only for those: most candidates lose).
+    -> (key [D, k], [wins])."""
+    K = key.shape[1]
     top, sel = torch.cat([key, bkey], dim=1).topk(k, dim=1)
+    run = sel.clamp(max=K - 1)
     out = []
-    for w, bw in zip(wins, bwins):
-        allw = torch.cat([w, bw], dim=1)
-        idx = sel.view(*sel.shape, *([1] * (allw.dim() - 2))).expand(-1, -1, *allw.shape[2:])
-        out.append(allw.gather(1, idx))
+    for w in wins:
+        idx = run.view(*run.shape, *([1] * (w.dim() - 2))).expand(-1, -1, *w.shape[2:])
+        out.append(w.gather(1, idx))
+    fi, fj = (sel >= K).nonzero(as_tuple=True)
+    if fi.numel():
+        new = gather(fi, brow[fi, sel[fi, fj] - K])
+        for o, x in zip(out, new):
+            o[fi, fj] = x.to(o.dtype)
     return top, out
 
 
