@@ -188,3 +188,18 @@ def test_cli_harvest_then_train(gpt2_dir, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "different d_sae (64, now 32)" in err
     code = main(["train", "--out", str(tmp_path / "x"), "--hook", "blocks.0.hook_resid_post"])
     assert code == 2 and "--model is required" in capsys.readouterr().err
+
+
+def test_train_from_model_hook_and_texts(lm, tmp_path):
+    from saescope.train import TrainConfig, train_sae
+
+    cfg = TrainConfig(architecture="topk", d_sae=128, k=8, batch_size=200, total_tokens=2000, context_size=32,
+                      buffer_tokens=400, plots=False, log_every=5)
+    sae = train_sae((lm, "blocks.2.hook_resid_pre", _docs(80)), cfg, out_dir=tmp_path / "s")
+    meta = sae.cfg.metadata
+    assert meta.hook_name == "blocks.2.hook_resid_pre" and meta.context_size == 32 and sae.d_in == 64
+    assert meta.extra["training"]["tokens"] == 2000
+    rows = [json.loads(r) for r in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10] and rows[-1]["explained_variance"] > 0
+    with pytest.raises(InputError, match="ran out of tokens"):
+        train_sae((lm, "blocks.2.hook_resid_pre", _docs(3)), cfg)

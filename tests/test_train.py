@@ -349,3 +349,30 @@ def test_ddp_two_processes_match_one(tmp_path):
         diff = float((a[name] - b[name]).abs().max() / b[name].abs().max().clamp_min(1e-8))
         assert diff < 1e-3, (name, diff)
     assert json.loads((tmp_path / "ddp" / "cfg.json").read_text())
+
+
+def test_failed_checkpoint_write_keeps_previous(data, tmp_path, monkeypatch):
+    """A full disk while checkpointing: the error propagates, the previous checkpoint stays intact and loadable."""
+    from saescope.train import checkpoint as ckpt
+
+    cfg = TrainConfig(architecture="topk", **{**SMALL, "total_tokens": 256 * 20, "checkpoint_every": 5})
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def flaky_save(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: write some bytes, then the disk is full
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", flaky_save)
+    with pytest.raises(OSError, match="No space"):
+        train_sae(data, cfg, out_dir=tmp_path / "run")
+    state = ckpt.load_state(tmp_path / "run")
+    assert state["step"] == 5
+    assert not [p for p in (tmp_path / "run" / "checkpoint").iterdir() if p.name != "state.pt"]  # no temp left
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = train_sae(data, cfg, out_dir=tmp_path / "run", resume=True)
+    straight = train_sae(data, cfg)
+    torch.testing.assert_close(resumed.W_dec, straight.W_dec, rtol=0, atol=1e-6)

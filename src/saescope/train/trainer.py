@@ -94,7 +94,7 @@ class _ArraySource:
 
 
 class _StreamSource:
-    """Batches from an ActivationStream (one global batch per step; each rank keeps its slice)."""
+    """Batches from an ActivationStream, re-cut to exactly ``batch_size`` rows (each rank keeps its slice)."""
 
     exact_resume = False
 
@@ -106,18 +106,29 @@ class _StreamSource:
         self.meta = meta
         self.n = None
         self._it = None
+        self._rest = torch.empty(0, d_in)
         self._pending: list[torch.Tensor] = []
 
     def start(self, step: int) -> None:
         self._it = iter(self.make_stream(self.seed + 7919 * step))
+        self._rest = torch.empty(0, self.d_in)
 
     def _next(self, batch_size: int) -> torch.Tensor:
         if self._pending:
             return self._pending.pop(0)
-        try:
-            return next(self._it)
-        except StopIteration:
-            raise InputError(f"{self.name}: the dataset ran out of tokens; lower --tokens or use more text") from None
+        chunks, have = [self._rest], self._rest.shape[0]
+        while have < batch_size:
+            try:
+                chunk = next(self._it)
+            except StopIteration:
+                raise InputError(f"{self.name}: the dataset ran out of tokens; lower --tokens or use more text") from None
+            if chunk.shape[-1] != self.d_in:
+                raise InputError(f"{self.name}: activation width {chunk.shape[-1]} differs from d_in {self.d_in}")
+            chunks.append(chunk.reshape(-1, self.d_in).float().cpu())
+            have += chunks[-1].shape[0]
+        x = torch.cat(chunks)
+        self._rest = x[batch_size:]
+        return x[:batch_size]
 
     def batch(self, step: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
         x = self._next(batch_size)
@@ -125,12 +136,13 @@ class _StreamSource:
         return x[rank * per:(rank + 1) * per]
 
     def sample(self, n: int) -> torch.Tensor:
+        """The first training batches (kept, and trained on first) until ``n`` rows are seen."""
         got, total = [], 0
         while total < n:
-            x = self._next(n)
-            self._pending.append(x)
+            x = self._next(self._batch_size)
             got.append(x)
             total += x.shape[0]
+        self._pending = list(got)
         return torch.cat(got)[:n]
 
 
@@ -182,8 +194,9 @@ def _resolve_source(source, cfg: TrainConfig, batch_size: int):
     if isinstance(source, ActivationStream):
         stream = source
         meta = {"model": getattr(stream.lm, "name", None), "hook": stream.hook}
-        return _StreamSource(lambda seed: stream.rebatched(batch_size, seed), stream.d_in, "activation stream",
-                             cfg.seed, meta)
+        src = _StreamSource(lambda seed: stream, stream.d_in, "activation stream", cfg.seed, meta)
+        src._batch_size = batch_size
+        return src
     if isinstance(source, tuple) and len(source) == 3:
         lm, hook, dataset = source
         return _stream_from_model(lm, hook, dataset, cfg, batch_size)
@@ -192,10 +205,10 @@ def _resolve_source(source, cfg: TrainConfig, batch_size: int):
 
 
 def _stream_from_model(lm, hook, dataset, cfg: TrainConfig, batch_size: int):
-    from ..data.activations import ActivationStream
+    from ..data.activations import ActivationStream, _hook_width
     from ..data.text import iter_texts, token_contexts
 
-    d_in = lm.hook_width(hook)
+    d_in = _hook_width(lm, hook)
     name = dataset if isinstance(dataset, str) else "texts"
 
     def make(seed):
@@ -207,7 +220,9 @@ def _stream_from_model(lm, hook, dataset, cfg: TrainConfig, batch_size: int):
 
     meta = {"model": getattr(lm, "name", None), "hook": hook, "dataset": name, "context_size": cfg.context_size,
             "prepend_bos": cfg.prepend_bos}
-    return _StreamSource(make, d_in, name, cfg.seed, meta)
+    src = _StreamSource(make, d_in, name, cfg.seed, meta)
+    src._batch_size = batch_size
+    return src
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,7 +368,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             log.info("%s: no checkpoint yet; starting the run from the beginning", out)
         if isinstance(src, _StreamSource):
             src.start(0)
-        sample = src.sample(cfg.init_sample_tokens).to(device=device, dtype=torch.float32)
+        sample = src.sample(min(cfg.init_sample_tokens, cfg.total_tokens)).to(device=device, dtype=torch.float32)
         sample = sample[torch.isfinite(sample).all(1)]
         if sample.shape[0] == 0:
             raise NumericsError(f"{src.name}: the first {cfg.init_sample_tokens} activations are all NaN/inf")
