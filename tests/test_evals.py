@@ -426,7 +426,7 @@ def test_exact_reconstruction_recovers_everything(lm, hook, d_in, head):
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(1, 4096, (4, 16), generator=g)
     ids[:, 0] = BOS
-    r = evaluate_sae(lm, _identity_sae(d_in, hook, head), ids, tokens=64, batch_size=3)
+    r = evaluate_sae(lm, _identity_sae(d_in, hook, head), ids, tokens=64, batch_size=4)
     assert r.tokens == 4 * 15 and r.ce_tokens == 4 * 14
     assert r.explained_variance == pytest.approx(1.0, abs=1e-6) and r.mse < 1e-12
     assert r.ce_loss_recovered == pytest.approx(1.0, abs=1e-5)
