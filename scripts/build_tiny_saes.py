@@ -28,6 +28,9 @@ from corpus import train_and_held_out
 from saescope import LanguageModel, SAE, TrainConfig, evaluate_sae, train_sae
 from saescope.assets import TINY, tiny_sae_dir
 from saescope.interp.autolabel import make_labels, save_labels
+from saescope.interp.steer import Intervention, steer
+from saescope.report import StatsConfig, compute_feature_stats
+from saescope.report.tour import TourConfig, count_word, sample_pairs
 
 SAES = {
     # id: (hook, train config overrides)
@@ -58,17 +61,41 @@ def harvest(lm, contexts: torch.Tensor, hooks: list[str], batch: int = 64) -> di
 
 
 @torch.no_grad()
-def concept_rate(lm, sae, feature: int, strength: float, word: str, prompt: str, n: int = 20, seed: int = 0) -> float:
-    """Fraction of n seeded samples whose continuation contains ``word`` with an additive steer of ``feature``."""
-    from saescope.interp import generate_steered
-    from saescope.interp.steer import Intervention
-
-    hits = 0
-    for i in range(n):
-        res = generate_steered(lm, sae, prompt, [Intervention(features=(feature,), strength=strength)],
-                               max_new_tokens=30, temperature=1.0, seed=seed + i, include_baseline=False)
-        hits += word.strip().lower() in res.steered.lower()
-    return hits / n
+def choose_demo(lm, sae, contexts: torch.Tensor, prompt: str, ablate_text: str, n: int = 20) -> dict:
+    """The demo's examples: the (concept, feature, strength) whose additive steering raises the concept word's
+    frequency the most over n samples, and the feature whose ablation moves the next-token distribution most."""
+    hook = sae.cfg.metadata.hook_name
+    resid_norm = float(lm.run(contexts[:64], capture=[hook])[hook][:, 1:].norm(dim=-1).median())
+    directions = sae.feature_directions().float()
+    lens = directions @ lm.unembed_matrix().float()                      # [d_sae, vocab]
+    best = None
+    for word in CONCEPTS:
+        ids = lm.to_tokens(word, prepend_bos=False)[0]
+        if len(ids) != 1:
+            continue
+        for f in lens[:, ids[0]].topk(3).indices.tolist():
+            for alpha in (0.5, 1.0, 2.0):
+                strength = round(alpha * resid_norm / float(directions[f].norm()), 2)
+                push = Intervention(features=(f,), method="add", strength=strength)
+                pairs = sample_pairs(lm, sae, prompt, [push], n, 30, 1.0, 0)
+                base = sum(count_word(b, word) > 0 for b, _ in pairs)
+                hits = sum(count_word(s, word) > 0 for _, s in pairs)
+                gain = hits - base - alpha  # prefer the gentler push at equal gain
+                if best is None or gain > best[0]:
+                    best = (gain, dict(steer_feature=f, steer_word=word.strip(), steer_strength=strength,
+                                       baseline_hits=base, steered_hits=hits))
+                print(f"  steer {word!r} f{f} ×{strength}: {base}/{n} -> {hits}/{n}")
+    ids = lm.to_tokens(ablate_text, prepend_bos=True)
+    feats = sae.encode(lm.run(ids, capture=[hook])[hook])[0, -1]
+    clean = lm(ids)[0, -1].log_softmax(-1)
+    kl = {}
+    for f in feats.nonzero().flatten().tolist():
+        with steer(lm, sae, [Intervention(features=(f,), method="ablate")]):
+            ablated = lm(ids)[0, -1].log_softmax(-1)
+        kl[f] = float((clean.exp() * (clean - ablated)).sum())
+    ablate_feature = max(kl, key=kl.get)
+    return {"steer_prompt": prompt, **best[1], "ablate_text": ablate_text, "ablate_feature": ablate_feature,
+            "ablate_kl": round(kl[ablate_feature], 4), "samples": n}
 
 
 def main() -> None:
@@ -113,13 +140,26 @@ def main() -> None:
         for plot in (work / "run").glob("*.png"):
             shutil.copy(plot, dst / plot.name)
         sae = SAE.load(dst, dtype=torch.float32)
-        result = evaluate_sae(lm, sae, [held_out_wp], tokens=1_000_000, context_size=ctx)
+        result = evaluate_sae(lm, sae, [held_out_wp], tokens=42_000, context_size=ctx)
         (dst / "eval.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
         save_labels(make_labels(lm, sae, contexts[:800]), dst)
         report[sae_id] = {"hook": hook, "train_minutes": round(minutes, 1), **{k: result.to_dict()[k] for k in (
             "l0", "explained_variance", "ce_loss_recovered", "kl_score", "dead_fraction", "tokens")}}
         print(sae_id, json.dumps(report[sae_id]))
-    (TINY / "saes" / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    if not args.only or "resid2-topk" in args.only:
+        sae = SAE.load(tiny_sae_dir("resid2-topk"), dtype=torch.float32)
+        t0 = time.time()
+        shuffled = contexts[torch.randperm(len(contexts), generator=torch.Generator().manual_seed(args.seed))]
+        compute_feature_stats(lm, sae, shuffled, StatsConfig(n_tokens=args.stats_tokens, top_k=8, window=6),
+                              out=tiny_sae_dir("resid2-topk") / "features.sqlite")
+        print(f"feature statistics over {args.stats_tokens:,} tokens in {time.time() - t0:.0f}s")
+        defaults = TourConfig()
+        demo = choose_demo(lm, sae, contexts, defaults.steer_prompt, defaults.ablate_text)
+        demo["sentence"] = defaults.sentence
+        (TINY / "demo.json").write_text(json.dumps(demo, indent=1) + "\n")
+        print("demo:", demo)
+    old = json.loads((TINY / "saes" / "report.json").read_text()) if (TINY / "saes" / "report.json").exists() else {}
+    (TINY / "saes" / "report.json").write_text(json.dumps({**old, **report}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -46,14 +46,14 @@ def _demo(args) -> int:
     console.print(f"\n[bold]2. Steering[/] — add feature #{c.steer_feature} ([italic]{tour.labels.get(c.steer_feature, '')}[/]) "
                   f"× {c.steer_strength:g} at every position, prompt [italic]{c.steer_prompt!r}[/]")
     side = Table(show_header=True, header_style="bold", show_lines=True)
-    side.add_column("seed")
+    side.add_column("sample")
     side.add_column("baseline")
     side.add_column("steered")
-    for s in tour.samples[:3]:
-        side.add_row(str(s.seed), c.steer_prompt + s.baseline, c.steer_prompt + s.steered)
+    for i, (base, steered) in enumerate(tour.samples[:3]):
+        side.add_row(str(i), c.steer_prompt + base, c.steer_prompt + steered)
     console.print(side)
     console.print(f"“{c.steer_word.strip()}” appears in [bold]{tour.baseline_hits}/{len(tour.samples)}[/] baseline samples "
-                  f"and [bold]{tour.steered_hits}/{len(tour.samples)}[/] steered samples (same seeds)")
+                  f"and [bold]{tour.steered_hits}/{len(tour.samples)}[/] steered samples (same random draws)")
 
     console.print(f"\n[bold]3. Ablation[/] — feature #{c.ablate_feature} ([italic]{tour.labels.get(c.ablate_feature, '')}[/]) "
                   f"set to 0, SAE error kept, on [italic]{c.ablate_text!r}[/]")

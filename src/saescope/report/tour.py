@@ -51,7 +51,7 @@ class Tour:
     read: ReadResult
     heatmap_features: list[int]
     heatmap: list[list[float]]              # [feature][token]
-    samples: list[SteerResult]
+    samples: list[tuple[str, str]]          # (baseline, steered) continuations, same random draws
     baseline_hits: int
     steered_hits: int
     ablation_before: list[NextToken]
@@ -78,7 +78,21 @@ def _next_tokens(lm, sae, text: str, interventions=(), k: int = 5) -> list[NextT
     return [NextToken(lm.to_string(torch.tensor([int(i)])), float(p)) for p, i in zip(top.values, top.indices)]
 
 
-def run_tour(lm, sae, config: TourConfig, heatmap_features: int = 12) -> Tour:
+@torch.no_grad()
+def sample_pairs(lm, sae, prompt: str, interventions, n: int, max_new_tokens: int, temperature: float,
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """n (baseline, steered) continuations of ``prompt``: one batched generation each, from the same seed, so
+    row i of both batches draws the same random numbers."""
+    ids = lm.to_tokens([prompt] * n, prepend_bos=sae.cfg.metadata.prepend_bos)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed,
+              prepend_bos=False)
+    base = lm.generate(ids, **kw)[:, ids.shape[1]:]
+    with steer(lm, sae, list(interventions)):
+        steered = lm.generate(ids, **kw)[:, ids.shape[1]:]
+    return [(lm.to_string(b), lm.to_string(s)) for b, s in zip(base, steered)]
+
+
+def run_tour(lm, sae, config: TourConfig, heatmap_features: int = 12, seed: int = 0) -> Tour:
     labels = load_labels(sae)
     read = read_features(lm, sae, [config.sentence], top_k=3, labels=labels)[0]
     # heatmap rows: the features with the largest activation anywhere in the sentence (BOS excluded)
@@ -90,10 +104,10 @@ def run_tour(lm, sae, config: TourConfig, heatmap_features: int = 12) -> Tour:
     heat = feature_trace(lm, sae, config.sentence, feats).activations.T.tolist() if feats else []
 
     push = Intervention(features=(config.steer_feature,), method="add", strength=config.steer_strength)
-    samples = [generate_steered(lm, sae, config.steer_prompt, [push], max_new_tokens=config.max_new_tokens,
-                                temperature=config.temperature, seed=seed) for seed in range(config.samples)]
-    base_hits = sum(count_word(s.baseline, config.steer_word) > 0 for s in samples)
-    steer_hits = sum(count_word(s.steered, config.steer_word) > 0 for s in samples)
+    samples = sample_pairs(lm, sae, config.steer_prompt, [push], config.samples, config.max_new_tokens,
+                           config.temperature, seed)
+    base_hits = sum(count_word(b, config.steer_word) > 0 for b, _ in samples)
+    steer_hits = sum(count_word(s, config.steer_word) > 0 for _, s in samples)
 
     ablate = Intervention(features=(config.ablate_feature,), method="ablate")
     before = _next_tokens(lm, sae, config.ablate_text)
@@ -136,8 +150,8 @@ def render_html(tour: Tour, model_name: str, sae_name: str) -> str:
         + "; ".join(f"#{f.index} ({f.activation:.2f}) <span class=lab>{lab(f.index)}</span>" for f in r.features)
         + "</td></tr>" for r in tour.read.tokens)
     pairs = "".join(
-        f"<p>seed {s.seed}</p><div class=pair><div>{e(c.steer_prompt)}<b>{_mark(s.baseline, c.steer_word)}</b></div>"
-        f"<div>{e(c.steer_prompt)}<b>{_mark(s.steered, c.steer_word)}</b></div></div>" for s in tour.samples[:8])
+        f"<p>sample {i}</p><div class=pair><div>{e(c.steer_prompt)}<b>{_mark(b, c.steer_word)}</b></div>"
+        f"<div>{e(c.steer_prompt)}<b>{_mark(s, c.steer_word)}</b></div></div>" for i, (b, s) in enumerate(tour.samples[:8]))
     nt = lambda rows: "".join(f"<tr><td class=tok>{e(r.token)}</td><td>{r.probability:.3f}</td></tr>" for r in rows)  # noqa: E731
     g = tour.ablation_generation
     all_labels = "".join(f"<tr><td>#{f}</td><td>{lab(f)}</td></tr>" for f in sorted(set(tour.heatmap_features) | {c.steer_feature, c.ablate_feature}))
@@ -147,9 +161,9 @@ Mean L0 on the sentence {tour.read.mean_l0:.1f}; {tour.read.percent_active:.2f}%
 <h2>1. Reading: which features fire on which tokens</h2><p class=tok>{e(c.sentence)}</p>{heat}
 <details><summary>top features per token</summary><table><tr><th>pos</th><th>token</th><th>top features</th></tr>{read_rows}</table></details>
 <h2>2. Steering: add feature #{c.steer_feature} × {c.steer_strength:g}</h2>
-<p>Label: <i>{lab(c.steer_feature)}</i>. Over {len(tour.samples)} seeded samples of “{e(c.steer_prompt)}”, the word
+<p>Label: <i>{lab(c.steer_feature)}</i>. Over {len(tour.samples)} samples of “{e(c.steer_prompt)}”, the word
 “{e(c.steer_word.strip())}” appears in <span class=big>{tour.baseline_hits}</span> baseline continuations and in
-<span class=big>{tour.steered_hits}</span> steered ones (same seeds). Left: baseline; right: steered.</p>{pairs}
+<span class=big>{tour.steered_hits}</span> steered ones (same random draws). Left: baseline; right: steered.</p>{pairs}
 <h2>3. Ablation: feature #{c.ablate_feature} set to 0 (SAE error kept)</h2><p>Label: <i>{lab(c.ablate_feature)}</i>. Text: <span class=tok>{e(c.ablate_text)}</span></p>
 <div class=pair><div><b>next token, normal</b><table>{nt(tour.ablation_before)}</table><p>greedy: {e(g.baseline)}</p></div>
 <div><b>next token, ablated</b><table>{nt(tour.ablation_after)}</table><p>greedy: {e(g.steered)}</p></div></div>
