@@ -69,11 +69,16 @@ def write_dashboard(store: FeatureStore, out_dir: str | Path) -> int:
     meta = {**store.meta}
     edges = store.hist_edges
     n = 0
+    written: set[str] = set()
     for rec in progress(store.records(), total=len(store), desc="pages", unit="page"):
         body = html.feature_body(rec, meta, edges, link=lambda i: f"{i}.html", n_tokens=store.n_tokens)
         title = f"Feature {rec.index}" + (f" · {rec.label}" if rec.label else "")
         _write(out / "features" / f"{rec.index}.html", html.page(title, body, html.header("../index.html", meta)))
         n += 1
+        written.add(f"{rec.index}.html")
+    for stale in (out / "features").glob("*.html"):   # pages of a previous, larger dashboard
+        if stale.name not in written:
+            stale.unlink()
     index = html.index_body(store.summaries(), meta, "features/{id}.html")
     _write(out / "index.html", html.page(f"saescope · {meta.get('hook') or 'features'}", index,
                                          html.header("index.html", meta), f"<script>{html.asset('index.js')}</script>"))
