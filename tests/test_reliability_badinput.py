@@ -78,6 +78,7 @@ def ws(tmp_path_factory, gpt2_hub, gpt2_dir):
     acts_nan = acts.copy()
     acts_nan[100:110, 3] = np.nan
     np.save(root / "acts_nan.npy", acts_nan)
+    np.save(root / "acts_all_nan.npy", np.full((2048, D_MODEL), np.nan, dtype=np.float32))
     (root / "acts_randbytes.npy").write_bytes(np.random.default_rng(3).bytes(3000))
     (root / "train_bad.json").write_text("{ this is not json")
     (root / "train_wrongtype.json").write_text(json.dumps({"k": "many", "batch_size": -5}))
@@ -197,7 +198,8 @@ CASES = [
          r"nope_model|not found|does not exist"),
     Case("feature-out-of-range", lambda w: ["feature", "99999", *MS(w)], r"99999|feature|range"),
     # train / harvest
-    Case("train-nan-activations", lambda w: ["train", "--activations", R(w, "acts_nan.npy"), "--architecture", "topk", "--k", "4",
+    # rows with NaN among good ones are skipped with a warning (test_train_partial_nan_rows_are_reported); all-NaN data is an error
+    Case("train-nan-activations", lambda w: ["train", "--activations", R(w, "acts_all_nan.npy"), "--architecture", "topk", "--k", "4",
                                               "--expansion", "2", "--batch-size", "256", "--tokens", "2048", "--out", R(w, "out_train_nan")],
          r"nan|inf|finite"),
     Case("train-negative-tokens", lambda w: ["train", "--activations", R(w, "acts.npy"), "--tokens", "-100", "--out", R(w, "out_train_neg")],
@@ -210,7 +212,7 @@ CASES = [
          r"existing_dir|exists|not empty|another run"),
     Case("train-out-under-regular-file", lambda w: ["train", "--activations", R(w, "acts.npy"), "--architecture", "topk", "--k", "4",
                                                      "--expansion", "2", "--batch-size", "256", "--tokens", "2048", "--out", R(w, "regular_file/sub")],
-         r"regular_file|not a directory|cannot create|writable"),
+         r"regular_file|not a directory|cannot create|writable", xfail="finding 15"),
     Case("train-malformed-config", lambda w: ["train", "--activations", R(w, "acts.npy"), "--config", R(w, "train_bad.json"), "--out", R(w, "out_train_cfg")],
          r"train_bad\.json|json"),
     Case("train-config-wrong-types", lambda w: ["train", "--activations", R(w, "acts.npy"), "--config", R(w, "train_wrongtype.json"), "--out", R(w, "out_train_cfg2")],
@@ -228,7 +230,7 @@ CASES = [
     Case("harvest-unknown-hook", lambda w: ["harvest", *M(w), "--hook", "blocks.6.hook_nonsense", "--dataset", R(w, "corpus.txt"), "--tokens", "256", "--out", R(w, "out_h2")],
          r"hook_nonsense|hook"),
     Case("harvest-out-under-regular-file", lambda w: ["harvest", *M(w), "--hook", HOOK, "--dataset", R(w, "corpus.txt"), "--tokens", "256", "--out", R(w, "regular_file/sub")],
-         r"regular_file|not a directory|cannot create|writable"),
+         r"regular_file|not a directory|cannot create|writable", xfail="finding 15"),
     # eval
     Case("eval-negative-tokens", lambda w: ["eval", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "-10"], r"-10|tokens"),
     Case("eval-missing-dataset", lambda w: ["eval", *MS(w), "--dataset", R(w, "nope.txt"), "--tokens", "256"], r"nope\.txt|not found|does not exist|dataset"),
@@ -322,7 +324,6 @@ def test_table_size():
     assert {"read", "steer", "ablate", "attribute", "train", "eval", "dashboard", "serve", "convert"} <= commands
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6")
 def test_no_progress_bar_when_not_tty(ws, capsys):
     """SAESCOPE_NO_PROGRESS=1 and a non-TTY stderr: loading a model prints no progress bar (only the error line)."""
     if "read" not in registered_commands():
@@ -353,3 +354,17 @@ def test_control_good_input_succeeds(command, argv, ws, capsys):
     finally:
         shutil.rmtree(ws["root"] / "control_converted", ignore_errors=True)
     assert code in (0, None), capsys.readouterr().err
+
+
+def test_train_partial_nan_rows_are_reported(ws, tmp_path, caplog):
+    """Some NaN rows among good ones: training skips them, and says so (a warning with the count), never silently."""
+    if "train" not in registered_commands():
+        pytest.skip("train not registered yet")
+    import logging
+    caplog.set_level(logging.WARNING)
+    code = main(["train", "--activations", R(ws, "acts_nan.npy"), "--architecture", "topk", "--k", "4", "--expansion", "2",
+                 "--batch-size", "256", "--tokens", "2048", "--out", str(tmp_path / "run"), "--no-plots"])
+    assert code in (0, None)
+    assert any(re.search(r"nan", r.getMessage(), re.I) and r.levelno >= logging.WARNING for r in caplog.records)
+    cfg = json.loads((tmp_path / "run" / "cfg.json").read_text())
+    assert "nonfinite_rows_skipped" in json.dumps(cfg)
