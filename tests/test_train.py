@@ -376,3 +376,27 @@ def test_failed_checkpoint_write_keeps_previous(data, tmp_path, monkeypatch):
     resumed = train_sae(data, cfg, out_dir=tmp_path / "run", resume=True)
     straight = train_sae(data, cfg)
     torch.testing.assert_close(resumed.W_dec, straight.W_dec, rtol=0, atol=1e-6)
+
+
+def test_relu_sparse_path_equals_dense_gradients():
+    """Once few latents are active, ReLU+L1 switches to the sparse path; its gradients equal the dense path's."""
+    torch.manual_seed(0)
+    d, S, B = 16, 200, 40
+    cfg = TrainConfig(architecture="relu", d_sae=S, l1_coefficient=3.0)
+    model = TrainableSAE(cfg, d, torch.Generator().manual_seed(2)).double()
+    with torch.no_grad():
+        model.b_enc.fill_(-0.9)  # few active latents: density below the switch-over
+        model.W_dec.mul_(1 + torch.rand(S, 1, dtype=torch.float64))  # unequal decoder norms (L1 weighting)
+    x = torch.randn(B, d, dtype=torch.float64) * 3
+    params = [model.W_enc_T, model.b_enc, model.W_dec, model.b_dec]
+    model._density = 1.0
+    dense_out = model.loss(x, None, l1_scale=0.5)
+    dense = torch.autograd.grad(dense_out.loss, params)
+    assert 0 < model._density < model.SPARSE_RELU_DENSITY
+    sparse_out = model.loss(x, None, l1_scale=0.5)
+    sparse = torch.autograd.grad(sparse_out.loss, params)
+    assert model._density < model.SPARSE_RELU_DENSITY  # the sparse path ran
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss)
+    torch.testing.assert_close(sparse_out.fire_counts, dense_out.fire_counts)
+    for a, b in zip(sparse, dense):
+        assert float((a - b).norm() / b.norm()) <= 1e-10

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .config import TrainConfig
-from .sparse import batch_topk_pattern, decode_sparse, encode_at, topk_pattern
+from .sparse import ActivePattern, batch_topk_pattern, decode_sparse, encode_at, topk_pattern
 
 
 @dataclass
@@ -159,8 +159,39 @@ class TrainableSAE(nn.Module):
         del pre
         return StepOutput(loss, parts, x_hat.detach(), fire_counts, l0, extra)
 
+    SPARSE_RELU_DENSITY = 0.05   # below this fraction of active latents, ReLU uses the sparse path
+
+    def _loss_relu_sparse(self, x, l1_scale) -> StepOutput | None:
+        """ReLU+L1 over the active latents only (exact: ReLU's gradient is zero elsewhere). None if too dense."""
+        cfg = self.cfg
+        x_in = self.x_in(x)
+        with torch.no_grad():
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc_T.t())
+            active = pre > 0
+            nnz = int(torch.count_nonzero(active))
+            self._density = nnz / active.numel()
+            if self._density >= self.SPARSE_RELU_DENSITY:
+                return None
+            rows, cols = active.nonzero(as_tuple=True)       # row-major: CSR order
+            pattern = ActivePattern.from_rows_cols(rows, cols, x.shape[0], self.d_sae)
+            pre_vals = pre[rows, cols]
+        del pre, active
+        vals = torch.relu(encode_at(x_in, self.W_enc_T, self.b_enc, pre_vals, pattern))
+        x_hat = decode_sparse(vals, self.W_dec, pattern) + self.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l1 = (vals * self.W_dec.norm(dim=1)[cols]).sum() / x.shape[0]
+        loss = mse + cfg.l1_coefficient * l1_scale * l1
+        with torch.no_grad():
+            fire_counts = torch.bincount(cols, minlength=self.d_sae).to(x.dtype)
+        return StepOutput(loss, {"l1": float(l1.detach()), "mse": float(mse.detach())}, x_hat.detach(),
+                          fire_counts, nnz / x.shape[0])
+
     def _loss_dense(self, x, l1_scale) -> StepOutput:
         cfg = self.cfg
+        if self.arch == "relu" and getattr(self, "_density", 1.0) < self.SPARSE_RELU_DENSITY:
+            out = self._loss_relu_sparse(x, l1_scale)
+            if out is not None:
+                return out
         x_in = self.x_in(x)
         pre = self.pre_acts(x_in)
         parts = {}
@@ -169,7 +200,7 @@ class TrainableSAE(nn.Module):
             f = torch.relu(pre)
             x_hat = f @ self.W_dec + self.b_dec
             mse = (x_hat - x).pow(2).sum(-1).mean()
-            l1 = (f * dec_norms).sum(-1).mean()
+            l1 = f.sum(0) @ dec_norms / x.shape[0]
             loss = mse + cfg.l1_coefficient * l1_scale * l1
             parts["l1"] = float(l1.detach())
         elif self.arch == "jumprelu":
@@ -195,9 +226,9 @@ class TrainableSAE(nn.Module):
             raise ValueError(self.arch)
         parts["mse"] = float(mse.detach())
         with torch.no_grad():
-            active = f > 0
-            fire_counts = active.sum(0).to(x.dtype)
-            l0 = float(active.sum()) / x.shape[0]
+            fire_counts = torch.count_nonzero(f, dim=0).to(x.dtype)
+            l0 = float(fire_counts.sum()) / x.shape[0]
+            self._density = l0 / self.d_sae
         return StepOutput(loss, parts, x_hat.detach(), fire_counts, l0)
 
     # -------------------------------------------------------------------------------------------------
