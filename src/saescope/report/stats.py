@@ -518,6 +518,12 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     from . import store as store_mod
 
     check_fits(lm, sae)
+    if sae.device.type == "cpu" and sae.dtype in (torch.float16, torch.bfloat16):
+        import copy
+
+        log.info("computing statistics with a float32 copy of the %s SAE (half precision is slow on the CPU)", sae.dtype)
+        path, sae = sae.path, copy.deepcopy(sae).float()
+        sae.path = path
     if labels is None:
         from ..interp.labels import load_labels
         labels = load_labels(sae)
