@@ -71,4 +71,4 @@ def _table(title: str, header: tuple, rows: list[tuple]) -> None:
         table.add_column(h, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes get full rows, not 80 columns

@@ -47,7 +47,7 @@ def detect(path) -> str:
 
 def read(path, fmt: str | None = None):
     """``(SAEConfig, state dict with SAELens names, log_sparsity or None, resolved path)``."""
-    path = Path(path)
+    path = Path(path).expanduser()
     fmt = fmt or detect(path)
     if path.is_file() and fmt in ("saelens", "sparsify", "dictionary_learning") and path.suffix != ".pt":
         path = path.parent
