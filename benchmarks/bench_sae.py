@@ -75,7 +75,7 @@ def main() -> None:
                 same = same_f if what == "encode" else same_out
                 print(f"{arch + ' ' + what:<26}{t['saelens']:>11.3f}{t['saescope']:>12.3f}"
                       f"{t['saelens'] / t['saescope']:>7.2f}x  {same}  (L0 {l0:.0f})")
-            del ref, ours
+            ref = ours = None  # free the weights before the next case
 
 
 if __name__ == "__main__":
