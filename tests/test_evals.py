@@ -392,6 +392,9 @@ def test_bad_inputs_are_one_line_errors(gpt2_hub, sae_dir, lm, sae, text_file, t
                                str(tmp_path / "missing.txt"), "--tokens", "64", "--json"])
     last = err.strip().splitlines()[-1]  # (transformers may draw a weight-loading bar before it)
     assert code == 2 and last.startswith("error: ") and "missing.txt" in last and "Traceback" not in err
+    code, out, err = _run_cli(["eval", "--model", gpt2_hub, "--sae", str(sae_dir), "--dataset", str(text_file),
+                               "--plot", str(tmp_path / "plot.jpg")])
+    assert code == 2 and err.strip().splitlines()[-1] == f"error: plot path {tmp_path / 'plot.jpg'} must end in .png"
     ids = torch.randint(1, 4096, (2, 16))
     ids[:, 0] = BOS
     with pytest.raises(ConfigError, match="d_in=64 does not match the width 256"):

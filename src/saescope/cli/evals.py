@@ -30,6 +30,8 @@ def register(sub) -> None:
                    help="local SAE path or RELEASE:SAE_ID; repeat for several (default: tiny:resid2-topk)")
     p.add_argument("--dataset", required=True, metavar="FILE_OR_NAME",
                    help="HF dataset name, or a local .txt/.jsonl/.parquet file or folder")
+    p.add_argument("--split", default="train", help="dataset split for HF datasets (default train)")
+    p.add_argument("--column", default="text", help="text column of .jsonl/.parquet/HF datasets (default text)")
     p.add_argument("--tokens", type=bounded_int(1, 10**10), default=16_384, help="tokens to evaluate (default 16384)")
     p.add_argument("--context-size", type=bounded_int(2, 10**6), default=None,
                    help="tokens per context (default: the SAE's training context size, else 128)")
@@ -46,14 +48,20 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..evals import evaluate_sae, plot_density_histogram, plot_l0_vs_ev
+    from ..evals.plot import check_plot_path
 
+    for path in (args.plot, args.density_plot):
+        if path:
+            check_plot_path(path)
     lm = load_model(args)
+    specs = args.sae or [None]
+    saes = [load_sae(argparse.Namespace(**{**vars(args), "sae": spec}), lm) for spec in specs]  # fail early
     results = []
-    for spec in args.sae or [None]:
-        sae = load_sae(argparse.Namespace(**{**vars(args), "sae": spec}), lm)
+    for spec, sae in zip(specs, saes):
         results.append(evaluate_sae(lm, sae, args.dataset, tokens=args.tokens, context_size=args.context_size,
                                     batch_size=args.batch_size, exclude_bos=not args.include_bos, hook=args.hook,
-                                    downstream=not args.no_downstream, seed=args.seed, name=spec))
+                                    downstream=not args.no_downstream, seed=args.seed, name=spec,
+                                    split=args.split, column=args.column))
     if args.plot:
         plot_l0_vs_ev(results, args.plot)
     if args.density_plot:

@@ -129,7 +129,8 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 # tokens
 # ----------------------------------------------------------------------------------------------------------
 
-def _token_contexts(lm, source, n_contexts: int, context_size: int, prepend_bos: bool, seed: int) -> torch.Tensor:
+def _token_contexts(lm, source, n_contexts: int, context_size: int, prepend_bos: bool, seed: int,
+                    split: str = "train", column: str = "text") -> torch.Tensor:
     """``[n, context_size]`` token ids from a tensor, a list of texts, or a dataset name / path."""
     if isinstance(source, torch.Tensor):
         if source.dim() != 2 or source.dtype not in (torch.long, torch.int32, torch.int64):
@@ -137,7 +138,7 @@ def _token_contexts(lm, source, n_contexts: int, context_size: int, prepend_bos:
         return source.long()[:n_contexts]
     from ..data import iter_texts, token_contexts
 
-    texts = iter_texts(source) if isinstance(source, str) else source
+    texts = iter_texts(source, split=split, column=column) if isinstance(source, str) else source
     # a seeded shuffle over a buffer of 4x the contexts needed: a sample less tied to the source's first pages
     it = token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed,
                         shuffle_buffer=min(1024, 4 * n_contexts))
@@ -199,14 +200,15 @@ def _mean_fn(mean_x: torch.Tensor, head: int | None):
 @torch.no_grad()
 def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, context_size: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, exclude_bos: bool = True, hook: str | None = None,
-                 downstream: bool = True, seed: int = 0, name: str | None = None) -> EvalResult:
+                 downstream: bool = True, seed: int = 0, name: str | None = None, split: str = "train",
+                 column: str = "text") -> EvalResult:
     """Evaluate ``sae`` at its hook on about ``tokens`` tokens of ``texts_or_dataset``.
 
     texts_or_dataset: a dataset name or local file/folder (``saescope.data.iter_texts``), a list of texts, or
     a LongTensor ``[n, pos]`` of ready contexts. context_size: default the SAE's training context size or 128,
     at most the model's ``n_ctx``. exclude_bos: leave BOS/EOS/PAD tokens out of every metric (and out of the
     SAE splice). hook: override the SAE's ``metadata.hook_name``. downstream: also run CE/KL (4 full forwards
-    per batch). Returns an `EvalResult`; raises `NumericsError` on NaN/inf activations or reconstructions."""
+    per batch). split / column: for dataset names and files (``iter_texts``). Returns an `EvalResult`; raises `NumericsError` on NaN/inf activations or reconstructions."""
     t0 = time.perf_counter()
     meta = sae.cfg.metadata
     hook = hook or meta.hook_name
@@ -233,7 +235,7 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     prepend_bos = meta.prepend_bos if meta.prepend_bos is not None else lm.info.default_prepend_bos
 
     ids_all = _token_contexts(lm, texts_or_dataset, math.ceil(tokens / context_size), context_size,
-                              prepend_bos, seed)
+                              prepend_bos, seed, split=split, column=column)
     if len(ids_all) * context_size < tokens:
         log.warning("the dataset gave %d contexts of %d tokens, fewer than the %d tokens asked for",
                     len(ids_all), context_size, tokens)

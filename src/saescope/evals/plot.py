@@ -13,12 +13,18 @@ def _get(result: Any, key: str):
     return result[key] if isinstance(result, dict) else getattr(result, key)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """Raise `InputError` unless ``path`` is a .png in an existing directory (call before long work)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"plot path {path} must end in .png")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise InputError(f"plot path {path}: directory {path.parent} does not exist")
+    return path
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = check_plot_path(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
