@@ -52,13 +52,19 @@ def main():
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--sae", default="tiny:resid2-topk")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--naive-features", type=int, default=32, help="features timed in the per-feature baseline")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from saescope.report import StatsConfig, compute_feature_stats
     from saescope.report.stats import sae_activations
 
     lm, sae = load(args)
+    if sae.dtype != torch.float32:     # as compute_feature_stats does on the CPU: half matmuls are slow there
+        path, sae = sae.path, sae.float()
+        sae.path = path
     ctx = 128
     n = args.tokens // ctx
     g = torch.Generator().manual_seed(0)
