@@ -490,6 +490,8 @@ def killable_context():
     if _CTX is None:
         import multiprocessing as mp
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.optim", "safetensors.torch", "numpy", "saescope.cli", "saescope.train", "saescope.sae", "fuzz_util"])
+        ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.optim", "safetensors.torch", "numpy", "saescope.cli", "saescope.train", "saescope.sae", "fuzz_util",
+                                  "saescope.cli.train", "saescope.cli.interp", "saescope.cli.report", "saescope.cli.evals",
+                                  "saescope.cli.sae_cmds", "saescope.cli.demo"])
         _CTX = ctx
     return _CTX

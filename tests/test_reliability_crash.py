@@ -27,7 +27,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 TRIALS = 4
 KILLS_PER_TRIAL = 3
-CFG = dict(architecture="topk", d_sae=128, k=4, batch_size=64, total_tokens=64 * 240, lr=2e-3, log_every=5,
+CFG = dict(architecture="topk", d_sae=128, k=4, batch_size=64, total_tokens=64 * 120, lr=2e-3, log_every=5,
            checkpoint_every=6, dead_after_tokens=2000, plots=False, seed=3, device="cpu", init_sample_tokens=1024)
 
 

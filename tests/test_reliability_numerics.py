@@ -89,7 +89,7 @@ def _cases(w):
 
 CASE_IDS = ["read-sae-overflow", "read-model-nan", "steer-clamp-sae-overflow", "steer-model-nan", "eval-sae-overflow",
             "eval-model-nan"]
-XFAIL = {"read-sae-overflow": "finding 13", "read-model-nan": "finding 13"}  # case id -> finding
+XFAIL: dict[str, str] = {}  # case id -> finding (13 was fixed by the interp owner)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c])] if c in XFAIL else [])
