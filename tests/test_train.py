@@ -400,3 +400,25 @@ def test_relu_sparse_path_equals_dense_gradients():
     torch.testing.assert_close(sparse_out.fire_counts, dense_out.fire_counts)
     for a, b in zip(sparse, dense):
         assert float((a - b).norm() / b.norm()) <= 1e-10
+
+
+def test_dead_latent_resampling_revives_latents(data):
+    from saescope.train.losses import TrainableSAE
+
+    cfg = TrainConfig(architecture="relu", d_sae=64, l1_coefficient=0.5)
+    model = TrainableSAE(cfg, 32, torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = (data[:512] - data[:512].mean(0)) * 0.2
+    with torch.no_grad():
+        model.b_enc[:20] = -1e3  # 20 latents that can never fire
+    out = model.loss(x, None)
+    out.loss.backward()
+    opt.step()
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:20] = True
+    assert int(out.fire_counts[:20].sum()) == 0
+    assert model.resample(dead, x, out.x_hat, opt, torch.Generator().manual_seed(0)) == 20
+    assert float(opt.state[model.W_dec]["exp_avg"][:20].abs().max()) == 0
+    after = model.loss(x, None)
+    assert int((after.fire_counts[:20] > 0).sum()) >= 15  # the resampled latents fire again
+    torch.testing.assert_close(model.W_dec[:20].norm(dim=1), model.W_dec[20:].norm(dim=1).mean().expand(20))

@@ -39,6 +39,7 @@ class TrainConfig:
     aux_k: int | None = None            # topk / batchtopk: latents in the AuxK loss (None -> d_in // 2)
     aux_coefficient: float = 1 / 32
     dead_after_tokens: int = 1_000_000  # a latent is dead when it has not fired for this many tokens
+    resample_dead_every: int = 0        # steps between dead-latent resampling (0: off; TopK has AuxK instead)
     b_dec_init: str = "geometric_median"  # geometric_median | mean | zeros
     init_sample_tokens: int = 8192      # sample used for b_dec and the normalisation scale
     normalize_activations: bool = True  # scale inputs to E||x|| = sqrt(d_in); folded back at save
@@ -87,8 +88,8 @@ class TrainConfig:
             raise ConfigError(f"lr: must be positive, got {self.lr!r}")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise ConfigError(f"b_dec_init: unknown value {self.b_dec_init!r}; choose geometric_median, mean or zeros")
-        if self.checkpoint_every < 0 or self.ortho_every < 0 or self.lr_warmup_steps < 0:
-            raise ConfigError("checkpoint_every, ortho_every and lr_warmup_steps must be >= 0")
+        if self.checkpoint_every < 0 or self.ortho_every < 0 or self.lr_warmup_steps < 0 or self.resample_dead_every < 0:
+            raise ConfigError("checkpoint_every, ortho_every, lr_warmup_steps and resample_dead_every must be >= 0")
 
     # derived values ---------------------------------------------------------------------------------------
     def resolved_d_sae(self, d_in: int) -> int:

@@ -244,6 +244,37 @@ class TrainableSAE(nn.Module):
         g.sub_(W * coef.unsqueeze(1))
 
     @torch.no_grad()
+    def resample(self, dead: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, opt, generator: torch.Generator) -> int:
+        """Re-initialise dead latents toward poorly reconstructed inputs (Anthropic 2023 style).
+
+        dead [d_sae] bool; x, x_hat [B, d_in]. Inputs are drawn with probability proportional to their squared
+        error; the new decoder row is the unit error direction (scaled to the mean alive decoder norm), the encoder
+        row the same direction at 0.2x the mean alive encoder norm, b_enc 0; their Adam moments are zeroed.
+        Returns the number of latents resampled.
+        """
+        idx = dead.nonzero().flatten()
+        n = int(idx.numel())
+        if n == 0:
+            return 0
+        err = (x - x_hat).pow(2).sum(1).double().cpu()
+        if float(err.sum()) <= 0:
+            return 0
+        pick = torch.multinomial(err, n, replacement=n > err.numel(), generator=generator).to(x.device)
+        direction = x[pick] - x_hat[pick]
+        direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~dead
+        dec_norm = self.W_dec[alive].norm(dim=1).mean() if bool(alive.any()) else torch.tensor(1.0)
+        enc_norm = self.W_enc_T[alive].norm(dim=1).mean() if bool(alive.any()) else torch.tensor(1.0)
+        self.W_dec[idx] = direction * dec_norm
+        self.W_enc_T[idx] = direction * 0.2 * enc_norm
+        self.b_enc[idx] = 0.0
+        for p in (self.W_dec, self.W_enc_T, self.b_enc):
+            for value in opt.state.get(p, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape[:1] == p.shape[:1] and value.dim() >= 1:
+                    value[idx] = 0.0
+        return n
+
+    @torch.no_grad()
     def renormalize_decoder(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 

@@ -467,6 +467,13 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                     torch.distributed.all_reduce(tb, op=torch.distributed.ReduceOp.MIN)
                     bmin = float(tb)
                 model.update_batch_threshold(bmin if math.isfinite(bmin) else None, cfg.batchtopk_threshold_momentum)
+            if cfg.resample_dead_every and (step + 1) % cfg.resample_dead_every == 0 and step + 1 < total:
+                dead_now = since_fired >= dead_limit
+                rgen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + step)  # same on every rank
+                n_res = model.resample(dead_now, x, out_step.x_hat, opt, rgen) if world == 1 else 0
+                if n_res:
+                    since_fired[dead_now] = 0
+                    log.info("step %d: resampled %d dead latents", step + 1, n_res)
             st.step = step + 1
 
             row: dict = {}
