@@ -193,3 +193,17 @@ def test_sparse_decode_of_sparse_codes_equals_dense():
         assert out.shape == (2, 300, D_IN)
         assert torch.allclose(out.double(), ref, atol=1e-4)
         assert torch.allclose(out[0, 5], sae.b_dec)
+
+
+@pytest.mark.parametrize("arch,apply", [("relu", True), ("relu", False), ("gated", False), ("jumprelu", False), ("topk", True)])
+def test_fold_input_shift(arch, apply):
+    """An SAE trained on x - c, folded, gives on x what it gave on x - c (features and reconstruction + c)."""
+    sae = make(arch, apply_b_dec_to_input=apply)
+    c = torch.randn(D_IN) * 2
+    x = x_batch(6)
+    with torch.no_grad():
+        f_ref, out_ref = sae.encode(x - c), sae(x - c) + c
+        sae.fold_input_shift(c.reshape(4, D_IN // 4))
+        assert torch.allclose(sae.encode(x), f_ref, atol=1e-5)
+        assert torch.allclose(sae(x), out_ref, atol=1e-5)
+    assert (f_ref > 0).any()

@@ -70,21 +70,32 @@ def test_from_pretrained_offline_metadata(release_cache, monkeypatch):
         SAE.from_pretrained("gpt2-small-res-jb", "blocks.3.hook_resid_pre")
 
 
-def test_features_equal_transformerlens_plus_saelens(release_cache, gpt2_hub, gpt2_dir, one_thread):
-    sl = pytest.importorskip("sae_lens")
+TOKENS = torch.tensor([[0, 17, 901, 44, 3021, 7, 7, 250, 1999, 5, 64, 12]])
+
+
+@pytest.fixture(scope="module")
+def models(gpt2_hub, gpt2_dir):
+    """saescope's LanguageModel and TransformerLens with default processing, on the same GPT-2-shaped weights."""
+    pytest.importorskip("sae_lens")
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM
 
     from saescope.lm import LanguageModel
 
     lm = LanguageModel.from_pretrained(gpt2_hub, device="cpu")
-    tokens = torch.tensor([[0, 17, 901, 44, 3021, 7, 7, 250, 1999, 5, 64, 12]])
+    tl = HookedTransformer.from_pretrained("gpt2", hf_model=AutoModelForCausalLM.from_pretrained(gpt2_dir),
+                                           tokenizer=lm.tokenizer, device="cpu", dtype=torch.float32).eval()
+    return lm, tl
+
+
+def test_features_equal_transformerlens_plus_saelens(release_cache, models, one_thread):
+    import sae_lens as sl
+
+    lm, tl = models
+    tokens = TOKENS
     ours = SAE.from_pretrained("gpt2-small-res-jb", HOOK)
     ours_post = SAE.from_pretrained("gpt2-small-res-jb", "blocks.11.hook_resid_post")
     acts = lm.run(tokens, capture=[HOOK, "blocks.11.hook_resid_post"])
-
-    tl = HookedTransformer.from_pretrained("gpt2", hf_model=AutoModelForCausalLM.from_pretrained(gpt2_dir),
-                                           tokenizer=lm.tokenizer, device="cpu", dtype=torch.float32).eval()
     _, cache = tl.run_with_cache(tokens, names_filter=[HOOK, "blocks.11.hook_resid_post"])
     for hook, sae in [(HOOK, ours), ("blocks.11.hook_resid_post", ours_post)]:
         ref_sae = sl.SAE.load_from_disk(release_cache / hook)
@@ -120,3 +131,41 @@ def test_tiny_release_reads_bundled_folder(tmp_path, monkeypatch):
     assert torch.equal(got.W_dec, sae.W_dec)
     with pytest.raises(Exception, match="no SAE 'other'.*resid2-topk"):
         SAE.from_spec("tiny:other")
+
+
+def test_hook_z_release_with_value_bias_shift(hub_cache, models, tmp_path, one_thread):
+    """gpt2-small-hook-z-kk layout (NAME.pt + NAME_cfg.json): on raw z, after fold_input_shift(b_V + ln_1.b @ W_V),
+    the features equal SAELens's on TransformerLens's processed hook_z."""
+    import sae_lens as sl
+
+    from saescope.sae.registry import get_release
+
+    lm, tl = models
+    entry = get_release("gpt2-small-hook-z-kk").sae("blocks.4.hook_z")
+    g = torch.Generator().manual_seed(4)
+    d_sae = 256
+    state = {"W_enc": torch.randn(D_MODEL, d_sae, generator=g) * 0.5, "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+             "W_dec": torch.randn(d_sae, D_MODEL, generator=g) * 0.1, "b_dec": torch.randn(D_MODEL, generator=g) * 0.1}
+    torch.save(state, tmp_path / "w.pt")
+    cfg = {"act_size": D_MODEL, "dict_size": d_sae, "act_name": "blocks.4.attn.hook_z", "layer": 4, "seed": 49}
+    add_repo(hub_cache, "ckkissane/attn-saes-gpt2-small-all-layers",
+             {entry.path: tmp_path / "w.pt", entry.path[:-3] + "_cfg.json": json.dumps(cfg).encode()})
+    sae = SAE.from_pretrained("gpt2-small-hook-z-kk", "blocks.4.hook_z")
+    assert sae.cfg.metadata.hook_name == "blocks.4.attn.hook_z" and sae.cfg.metadata.extra["input_shift"] == "attn_value_bias"
+
+    hook = "blocks.4.attn.hook_z"
+    z = lm.run(TOKENS, capture=[hook])[hook]                          # [1, pos, n_heads, d_head], raw HF
+    _, cache = tl.run_with_cache(TOKENS, names_filter=[hook])
+    ref = sl.SAE.from_pretrained("gpt2-small-hook-z-kk", "blocks.4.hook_z")
+    with torch.no_grad():
+        f_ref = ref.encode(cache[hook])
+        blk = lm.hf_model.transformer.h[4]
+        W_V = blk.attn.c_attn.weight[:, 2 * D_MODEL:]
+        shift = blk.attn.c_attn.bias[2 * D_MODEL:] + blk.ln_1.bias @ W_V
+        assert (sae.encode(z) - f_ref).abs().max() > 1e-2     # the convention gap is real
+        sae.fold_input_shift(shift)
+        f = sae.encode(z)
+        assert torch.allclose(f, f_ref, atol=1e-4), (f - f_ref).abs().max()
+        assert sae(z).shape == z.shape
+        assert torch.allclose(sae(z), ref(cache[hook]) + shift.reshape(z.shape[-2:]), atol=1e-4)
+    assert (f_ref > 0).float().mean() > 0.02

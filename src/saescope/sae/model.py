@@ -220,6 +220,26 @@ class SAE(nn.Module):
         self.b_dec.div_(s)
         self.cfg = self.cfg.replace(input_transform="none", input_scale=1.0)
 
+    @torch.no_grad()
+    def fold_input_shift(self, shift: Tensor) -> None:
+        """Make an SAE trained on ``x - shift`` take ``x`` (exact): ``shift [d_in]`` (or ``[n_heads, d_head]``).
+        E.g. TransformerLens's processed ``hook_z`` is the raw z minus ``b_V + ln_1.b @ W_V`` per head.
+        With ``apply_b_dec_to_input``: ``b_dec += shift``; otherwise the encoder biases absorb ``-shift @ W_enc``
+        and ``b_dec += shift``. Only for transform ``none``."""
+        if self.cfg.input_transform != "none":
+            raise ConfigError(f"fold_input_shift needs input transform none, this SAE has {self.cfg.input_transform}")
+        shift = shift.reshape(-1).to(self.W_enc)
+        if shift.shape != (self.d_in,):
+            raise InputError(f"fold_input_shift: shift has {shift.numel()} values, the SAE has d_in={self.d_in}")
+        if not self.cfg.apply_b_dec_to_input:
+            proj = shift @ self.W_enc
+            if self.cfg.architecture == "gated":
+                self.b_gate.sub_(proj)
+                self.b_mag.sub_(proj * self.r_mag.exp())
+            else:
+                self.b_enc.sub_(proj)
+        self.b_dec.add_(shift)
+
     # ---- files ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path, device=None, dtype=None) -> "SAE":

@@ -41,6 +41,7 @@ class Release:
     prepend_bos: bool = True
     local: bool = False
     note: str | None = None
+    input_shift: str | None = None       # "attn_value_bias": trained on TL hook_z (see note; SAE.fold_input_shift)
     links: dict = dataclasses.field(default_factory=dict)
     saes: tuple[SAEEntry, ...] = ()
 
@@ -171,6 +172,9 @@ def load_pretrained(release: str, sae_id: str, device=None, dtype=None):
         meta["hook_name"] = entry.hook_name
     if entry.neuronpedia_id:
         meta["neuronpedia_id"] = entry.neuronpedia_id
+    if rel.input_shift:
+        meta["extra"] = {**sae.cfg.metadata.extra, "input_shift": rel.input_shift}
+        log.warning("%s:%s: %s", release, sae_id, rel.note or f"needs input shift {rel.input_shift}")
     changes: dict = {"metadata": meta}
     if rel.input_transform and rel.input_transform != sae.cfg.input_transform:
         if sae.cfg.input_transform not in ("none", rel.input_transform):
