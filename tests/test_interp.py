@@ -353,3 +353,18 @@ def test_hook_z_sites(lm, head):
         direct_logit_attribution(lm, z_sae, TEXT)
     g = gradient_attribution(lm, z_sae, TEXT)
     assert g.features and math.isfinite(g.error)
+
+
+def test_nonfinite_is_a_numerics_error(lm):
+    """An SAE whose encoder overflows: read and attribution stop with one line, instead of printing inf."""
+    from saescope.errors import NumericsError
+
+    bad = make_sae()
+    with torch.no_grad():
+        bad.W_enc.copy_(torch.randn(bad.W_enc.shape, generator=torch.Generator().manual_seed(0)) * 1e38)
+        bad.b_enc.fill_(3e38)                      # finite weights; x @ W_enc + b_enc overflows to inf
+    for call in (lambda: read_features(lm, bad, TEXT), lambda: direct_logit_attribution(lm, bad, TEXT),
+                 lambda: gradient_attribution(lm, bad, TEXT)):
+        with pytest.raises(NumericsError, match="produced (inf|NaN)") as err:
+            call()
+        assert "\n" not in str(err.value)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
-from .compat import Site, check_fits, tokens_for
+from .compat import Site, check_finite, check_fits, tokens_for
 from .labels import load_labels
 from .read import single_token_id
 
@@ -162,6 +162,8 @@ def direct_logit_attribution(lm, sae, text: str, target_token=None, position: in
     pos = _position(position, ids.shape[1])
     final = _final_hook(lm)
     out = lm.run(ids, capture=[site.hook, final], return_logits=True)
+    for name, t in out.items():
+        check_finite(t[0, : pos + 1], f"model {lm.name} at {name}")
     logits_row = out["logits"][0, pos]
     tid, tstr = _target(lm, target_token, logits_row)
     x = out[site.hook][0, pos].to(sae.device, sae.dtype)[None]                          # [1, d_in]
@@ -170,6 +172,7 @@ def direct_logit_attribution(lm, sae, text: str, target_token=None, position: in
     g_sae = g.to(sae.device)
 
     f, state = sae.encode_with_state(x)                                                # [1, d_sae]
+    check_finite(f, f"the SAE on {site.hook} (feature activations)")
     zero = sae.decode(torch.zeros_like(f), state)                                      # [1, d_in]
     x_hat = sae.decode(f, state)
     active = torch.nonzero(f[0] > 0).flatten() if sae.cfg.architecture != "gated" else torch.nonzero(f[0] != 0).flatten()
@@ -240,6 +243,8 @@ def gradient_attribution(lm, sae, text: str, metric=None, position: int = -1,
         if "f" not in nodes:
             raise InputError(f"the forward pass never reached {site.hook}")
         f, err = nodes["f"], nodes["err"]
+        check_finite(value.detach(), "the metric")
+        check_finite(f.detach(), f"the SAE on {site.hook} (feature activations)")
         # autograd.grad, not backward(): no .grad is left on the model's or the SAE's parameters
         grad_f, grad_e = torch.autograd.grad(value.reshape(()), [f, err], allow_unused=True)
     grad_f = grad_f if grad_f is not None else torch.zeros_like(f)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, HookError, InputError
+from ..errors import ConfigError, HookError, InputError, NumericsError
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +158,11 @@ def tokens_for(lm, sae, text: str, prepend_bos: bool | None = None, reserve: int
     if ids.shape[1] == 0:
         raise InputError(f"{what} produced no tokens")
     return ids
+
+
+def check_finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` unchanged, or a one-line NumericsError naming ``what`` when it holds NaN or inf."""
+    if not bool(torch.isfinite(t).all()):
+        kind = "NaN" if bool(torch.isnan(t).any()) else "inf"
+        raise NumericsError(f"{what} produced {kind}; check the model/SAE weights and dtype")
+    return t

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..progress import progress
-from .compat import Site, check_feature, check_fits, tokens_for
+from .compat import Site, check_feature, check_finite, check_fits, tokens_for
 from .labels import load_labels
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,9 @@ def encode_tokens(lm, sae, ids: torch.Tensor, attention_mask: torch.Tensor | Non
     """Feature activations of token ids: LongTensor ``[b, pos]`` -> ``[b, pos, d_sae]`` (on the SAE's device)."""
     site = Site.of(sae)
     acts = lm.run(ids, capture=site.hook, attention_mask=attention_mask)[site.hook]
+    check_finite(acts, f"model {lm.name} at {site.hook}")
     x = site.to_sae(acts).to(device=sae.device, dtype=sae.dtype)
-    return sae.encode(x)
+    return check_finite(sae.encode(x), f"the SAE on {site.hook} (feature activations)")
 
 
 def _as_list(texts) -> list[str]:
