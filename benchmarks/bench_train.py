@@ -76,6 +76,59 @@ def saelens_step_times(arch, data, d_sae, k, B, steps) -> list[float]:
     return times
 
 
+def relu_sparse_regime(data, d_sae, B, steps, density=0.01) -> tuple[float, float]:
+    """ReLU+L1 once training has made activations sparse (b_enc set so ~1% of latents fire), both libraries on
+    the same weights: (saescope step seconds, SAELens step seconds). saescope's step here is the trainer's step
+    body (loss, backward, clip, fused Adam) on its TrainableSAE."""
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    from saescope.train import TrainConfig
+    from saescope.train.losses import TrainableSAE
+    from saescope.train.trainer import _adam
+
+    d_in = data.shape[1]
+    cfg = TrainConfig(architecture="relu", d_sae=d_sae, batch_size=B, apply_b_dec_to_input=True)
+    model = TrainableSAE(cfg, d_in, torch.Generator().manual_seed(0))
+    x0 = data[:B]
+    with torch.no_grad():
+        pre = x0 @ model.W_enc_T.t()
+        model.b_enc.copy_(-torch.quantile(pre[:512].flatten(), 1 - density))
+        del pre
+    opt = _adam(list(model.parameters()), cfg, torch.device("cpu"))
+    ours = []
+    for step in range(steps + 1):
+        x = data[(step * B) % data.shape[0]:][:B]
+        t0 = time.perf_counter()
+        out = model.loss(x, None)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+        opt.step()
+        if step:
+            ours.append(time.perf_counter() - t0)
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=5.0, device="cpu"))
+    with torch.no_grad():
+        sae.W_enc.copy_(model.W_enc_T.t())
+        sae.W_dec.copy_(model.W_dec)
+        sae.b_enc.copy_(model.b_enc)
+        sae.b_dec.copy_(model.b_dec)
+    opt2 = torch.optim.Adam(sae.parameters(), lr=4e-4)
+    theirs = []
+    for step in range(steps + 1):
+        x = data[(step * B) % data.shape[0]:][:B]
+        t0 = time.perf_counter()
+        o = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l1": 5.0}, dead_neuron_mask=None,
+                                                     n_training_steps=step, is_logging_step=False))
+        o.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt2.step()
+        opt2.zero_grad()
+        if step:
+            theirs.append(time.perf_counter() - t0)
+    return statistics.median(ours), statistics.median(theirs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d-in", type=int, default=768)
@@ -107,6 +160,10 @@ def main():
     for arch in archs:
         ratio = rows[(arch, "SAELens")] / rows[(arch, "saescope")]
         print(f"{arch}: saescope / SAELens throughput = {ratio:.2f}x")
+    if not args.skip_relu:
+        ours, theirs = relu_sparse_regime(data, d_sae, B, args.steps)
+        print(f"relu, sparse regime (~1% active): saescope {B / ours:.0f} tok/s, SAELens {B / theirs:.0f} tok/s, "
+              f"ratio {theirs / ours:.2f}x", flush=True)
     t = rows[("topk", "saescope")]
     flops = 2 * B * d_in * d_sae + 10 * B * k * d_in
     gf = flops / t / 1e9
