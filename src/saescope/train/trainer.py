@@ -412,8 +412,8 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     uses_aux = cfg.sparse_topk
     l1_warm = max(1, int(cfg.l1_warmup_fraction * total))
     last_metrics: dict = {}
-    bar = progress(total=total, initial=st.step, desc=f"train {cfg.architecture}", unit="step",
-                   disable=None if main else True)
+    bar_kw = {} if main else {"disable": True}  # one bar, on rank 0
+    bar = progress(total=total, initial=st.step, desc=f"train {cfg.architecture}", unit="step", **bar_kw)
     t0 = time.perf_counter()
     t_steps0 = st.step
     try:
