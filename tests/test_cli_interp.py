@@ -130,7 +130,11 @@ def test_read_attribute_feature_tables_and_json(capsys, gpt2_hub, sae_dir):
     common = ["--model", "gpt2", "--sae", str(sae_dir)]
     code, out, err = run(capsys, "read", TEXT, "--top", "3", *common)
     assert code == 0 and "mean L0" in out and "L0" in out
-    code, out, err = run(capsys, "read", TEXT, "--top", "128", "--json", *common)
+    code, out, err = run(capsys, "read", TEXT, "--top", "128", "--json", "--feature", "9", *common)
+    trace = json.loads(out)["trace"]
+    assert trace[0]["index"] == 9 and trace[0]["label"] == "quickness"
+    assert trace[0]["activations"] == pytest.approx(
+        [next((f["activation"] for f in row["features"] if f["index"] == 9), 0.0) for row in json.loads(out)["tokens"]])
     nines = [f for row in json.loads(out)["tokens"] for f in row["features"] if f["index"] == 9]
     assert nines and all(f["label"] == "quickness" for f in nines)
     assert all("label" not in f for row in json.loads(out)["tokens"] for f in row["features"] if f["index"] != 9)

@@ -2,7 +2,8 @@
 
 JSON contracts (stable):
   read TEXT --top K --json   -> {"model", "sae", "hook", "tokens": [{"position", "token", "features": [{"index",
-                                "activation"[, "label"]}], "l0"}], "mean_l0", "percent_active"}
+                                "activation"[, "label"]}], "l0"}], "mean_l0", "percent_active"
+                                [, "trace": [{"index", "label", "activations": [per token]}] with --feature]}
   steer PROMPT --feature I --strength X --json -> {"prompt", "baseline", "steered", "model", "sae", "hook",
                                 "interventions", "seed", "temperature", "top_p", "max_new_tokens", ...}
 """
@@ -49,14 +50,18 @@ def _fmt_feat(index: int, value: float, label: str | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- read
 def _read(args) -> int:
-    from ..interp import read_features
+    from ..interp import feature_trace, read_features
 
     lm, sae = _load(args)
     [res] = read_features(lm, sae, args.text, top_k=args.top)
+    trace = feature_trace(lm, sae, args.text, args.feature) if args.feature else None
     if args.json:
         d = res.to_dict()
-        print_json({"model": lm.name, "sae": _spec(args), "hook": res.hook, "tokens": d["tokens"],
-                    "mean_l0": res.mean_l0, "percent_active": res.percent_active})
+        out = {"model": lm.name, "sae": _spec(args), "hook": res.hook, "tokens": d["tokens"],
+               "mean_l0": res.mean_l0, "percent_active": res.percent_active}
+        if trace is not None:
+            out["trace"] = trace.to_dict()["features"]
+        print_json(out)
         return 0
     from rich.table import Table
 
@@ -65,9 +70,12 @@ def _read(args) -> int:
     table.add_column("token")
     table.add_column("L0", justify="right")
     table.add_column(f"top {args.top} features (index:activation)")
+    for col in (trace.features if trace is not None else []):
+        table.add_column(f"#{col}", justify="right")
     for row in res.tokens:
+        extra = [f"{v:.3g}" for v in trace.activations[row.position].tolist()] if trace is not None else []
         table.add_row(str(row.position), _tok(row.token), str(row.l0),
-                      "  ".join(_fmt_feat(f.index, f.activation, f.label) for f in row.features))
+                      "  ".join(_fmt_feat(f.index, f.activation, f.label) for f in row.features), *extra)
     con = _console()
     con.print(table)
     con.print(f"mean L0 {res.mean_l0:.1f} · {res.percent_active:.1f}% of features active on this text")
@@ -221,6 +229,8 @@ def register(sub) -> None:
     p = sub.add_parser("read", help="top SAE features per token of a text")
     p.add_argument("text")
     p.add_argument("--top", type=bounded_int(1, 1000), default=5, help="features per token (default 5)")
+    p.add_argument("--feature", type=bounded_int(0, 2**31 - 1), action="append",
+                   help="also trace this feature's activation on every token (repeatable; JSON key \"trace\")")
     add_model_args(p)
     p.set_defaults(handler=_read)
 
