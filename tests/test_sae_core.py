@@ -207,3 +207,14 @@ def test_fold_input_shift(arch, apply):
         assert torch.allclose(sae.encode(x), f_ref, atol=1e-5)
         assert torch.allclose(sae(x), out_ref, atol=1e-5)
     assert (f_ref > 0).any()
+
+
+def test_half_precision_checkpoint_loads_as_float32_on_cpu(tmp_path):
+    """fp16 matmuls on the CPU are ~100x slower than fp32: a half-precision file is computed in fp32 unless asked."""
+    sae = make("topk")
+    half = SAE.from_state_dict(sae.cfg, dict(sae.named_parameters()), dtype=torch.float16)
+    half.save(tmp_path / "h")
+    assert json.loads((tmp_path / "h" / "cfg.json").read_text())["dtype"] == "float16"
+    back = SAE.load(tmp_path / "h")
+    assert back.dtype == torch.float32 and torch.equal(back.W_dec, half.W_dec.float())
+    assert SAE.load(tmp_path / "h", dtype=torch.float16).dtype == torch.float16

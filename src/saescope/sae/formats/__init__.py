@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
+
 from ...errors import CheckpointError
 from . import attn_z, dictionary_learning, gemma_scope, openai, saelens, sparsify
 from .common import load_pt
@@ -81,6 +83,9 @@ def load_sae(path, device=None, dtype=None, fmt: str | None = None):
     from ..model import SAE
 
     cfg, state, sparsity, resolved = read(path, fmt)
+    if dtype is None and cfg.dtype in ("float16", "bfloat16") and torch.device(device or "cpu").type == "cpu":
+        dtype = torch.float32  # half-precision matmuls on the CPU are slow (fp16: ~100x) and lossy; compute in fp32
+        log.debug("%s: stored as %s, loaded as float32 on the CPU", resolved, cfg.dtype)
     sae = SAE.from_state_dict(cfg, state, device=device, dtype=dtype, source=str(resolved))
     sae.path = resolved if resolved.is_dir() else resolved.parent
     if sparsity is not None:
