@@ -60,6 +60,10 @@ def ws(tmp_path_factory, gpt2_hub, gpt2_dir):
         cfg["saescope"]["architecture"] = "quantum"
     (root / "sae_unknown_arch" / "cfg.json").write_text(json.dumps(cfg))
 
+    shutil.copytree(root / "sae_good", root / "sae_badstore")   # a corrupt feature store beside the SAE
+    (root / "sae_badstore" / "features.sqlite").write_bytes(b"SQLite format 3\x00" + np.random.default_rng(4).bytes(3000))
+    (root / "sae_badstore" / "labels.json").write_text("{not json")
+
     # model directories: random-bytes weights, unknown architecture
     shutil.copytree(gpt2_dir, root / "model_randbytes")
     (root / "model_randbytes" / "model.safetensors").write_bytes(np.random.default_rng(1).bytes(20000))
@@ -86,6 +90,20 @@ def ws(tmp_path_factory, gpt2_hub, gpt2_dir):
     (root / "existing_dir").mkdir()
     (root / "existing_dir" / "keep.txt").write_text("do not touch\n")
     (root / "regular_file").write_text("a file, not a directory\n")
+    # an interrupted training run whose checkpoint got corrupted (e.g. by a disk error)
+    try:
+        from saescope.train import TrainConfig, train_sae
+    except ImportError:
+        pass
+    else:
+        cfg = TrainConfig(architecture="topk", d_sae=128, k=4, batch_size=256, total_tokens=256 * 4, checkpoint_every=2,
+                          plots=False, init_sample_tokens=512, seed=0)
+        (root / "train_small.json").write_text(cfg.to_json())
+        run = root / "run_corrupt_ckpt"
+        train_sae(torch.from_numpy(acts), cfg, out_dir=run)
+        for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+            (run / name).unlink(missing_ok=True)            # as if killed before the end
+        (run / "checkpoint" / "state.pt").write_bytes(np.random.default_rng(5).bytes(4000))
     return {"root": root, "model": gpt2_hub, "model_dir": gpt2_dir}
 
 
@@ -196,6 +214,11 @@ CASES = [
     Case("attribute-empty-text", lambda w: ["attribute", "", *MS(w)], r"empty|text"),
     Case("attribute-missing-model", lambda w: ["attribute", TEXT, "--model", R(w, "nope_model"), "--sae", R(w, "sae_good")],
          r"nope_model|not found|does not exist"),
+    # (`saescope feature` with a corrupt store is deliberately not an error: it shows the logit lens and says
+    #  "could not read .../features.sqlite: ...": see test_feature_with_corrupt_store_says_so)
+    Case("serve-corrupt-store", lambda w: ["serve", *MS(w, "sae_badstore"), "--port", "0"], r"features\.sqlite|store|corrupt|database"),
+    Case("train-resume-corrupt-checkpoint", lambda w: ["train", "--activations", R(w, "acts.npy"), "--config", R(w, "train_small.json"),
+                                                        "--out", R(w, "run_corrupt_ckpt"), "--resume"], r"state\.pt|checkpoint"),
     Case("feature-out-of-range", lambda w: ["feature", "99999", *MS(w)], r"99999|feature|range"),
     # train / harvest
     # rows with NaN among good ones are skipped with a warning (test_train_partial_nan_rows_are_reported); all-NaN data is an error
@@ -238,7 +261,7 @@ CASES = [
     Case("eval-sae-width-mismatch", lambda w: ["eval", *MS(w, "sae_narrow"), "--dataset", R(w, "corpus.txt"), "--tokens", "256"], r"32|64|d_in|width"),
     Case("eval-plot-under-regular-file", lambda w: ["eval", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "16", "--context-size", "8",
                                                    "--no-downstream", "--plot", R(w, "regular_file/plot.png")],
-         r"regular_file|not a directory|cannot|writable", xfail="finding 7"),
+         r"regular_file|not a directory|cannot|writable"),  # finding 7, fixed
     # dashboard / serve
     Case("dashboard-out-nonempty", lambda w: ["dashboard", *MS(w), "--dataset", R(w, "corpus.txt"), "--tokens", "256", "--out", R(w, "existing_dir")],
          r"existing_dir|exists|not empty"),
@@ -368,3 +391,14 @@ def test_train_partial_nan_rows_are_reported(ws, tmp_path, caplog):
     assert any(re.search(r"nan", r.getMessage(), re.I) and r.levelno >= logging.WARNING for r in caplog.records)
     cfg = json.loads((tmp_path / "run" / "cfg.json").read_text())
     assert "nonfinite_rows_skipped" in json.dumps(cfg)
+
+
+def test_feature_with_corrupt_store_says_so(ws, capsys):
+    """A corrupt features.sqlite beside the SAE: `saescope feature` still shows the logit lens, and says the store
+    could not be read (never silently presents "no statistics")."""
+    if "feature" not in registered_commands():
+        pytest.skip("feature not registered yet")
+    code = main(["feature", "3", *MS(ws, "sae_badstore"), "--json"])
+    out = capsys.readouterr().out
+    assert code in (0, None)
+    assert "features.sqlite" in out and re.search(r"could not read|not a saescope feature store|corrupt", out), out[:500]
