@@ -124,7 +124,7 @@ def test_explained_variance_matches_saelens_calculator():
 HOOK = "blocks.3.hook_resid_pre"
 LAYER = 3
 CTX = 32
-N_TOKENS = 16 * CTX
+N_TOKENS = 8 * CTX
 BOS = 0  # the fixture tokenizer's <|endoftext|> (BOS = EOS)
 
 _WORDS = ("the king said that a man of war would come to the house and speak of peace , while her "
@@ -321,8 +321,8 @@ def test_matches_saelens_evals(cli_result, lm, sae, gpt2_dir, text_file):
     ids = _token_contexts(lm, str(text_file), N_TOKENS // CTX, CTX, True, 0)  # what `saescope eval` evaluated
     ours = cli_result
     down = get_downstream_reconstruction_metrics(
-        sl_sae, tl, _Store(ids, 8), ActivationScaler(), compute_kl=True, compute_ce_loss=True,
-        n_batches=2, eval_batch_size_prompts=8, ignore_tokens=[BOS])
+        sl_sae, tl, _Store(ids, 4), ActivationScaler(), compute_kl=True, compute_ce_loss=True,
+        n_batches=2, eval_batch_size_prompts=4, ignore_tokens=[BOS])
     recon, feats = get_sparsity_and_variance_metrics(
         sl_sae, tl, _Store(ids, len(ids)), ActivationScaler(), n_batches=1, compute_l2_norms=True,
         compute_sparsity_metrics=True, compute_variance_metrics=True, compute_featurewise_density_statistics=True,
@@ -429,7 +429,7 @@ def test_exact_reconstruction_recovers_everything(lm, hook, d_in, head):
     g = torch.Generator().manual_seed(5)
     ids = torch.randint(1, 4096, (4, 16), generator=g)
     ids[:, 0] = BOS
-    r = evaluate_sae(lm, _identity_sae(d_in, hook, head), ids, tokens=64, batch_size=4)
+    r = evaluate_sae(lm, _identity_sae(d_in, hook, head), ids, tokens=64, batch_size=3)
     assert r.tokens == 4 * 15 and r.ce_tokens == 4 * 14
     assert r.explained_variance == pytest.approx(1.0, abs=1e-6) and r.mse < 1e-12
     assert r.ce_loss_recovered == pytest.approx(1.0, abs=1e-5)
