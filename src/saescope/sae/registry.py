@@ -101,27 +101,33 @@ def get_release(name: str) -> Release:
 
 
 def _download(repo_id: str, filename: str, required: bool = True) -> Path | None:
-    from huggingface_hub import hf_hub_download
+    """A repo file from the HF cache, else from the hub. The cache is tried first with ``local_files_only`` so a
+    cached release loads without touching the network (no retries against an unreachable hub)."""
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    from huggingface_hub import constants
-
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True))
+    except (LocalEntryNotFoundError, EntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    offline_msg = (f"{repo_id}/{filename}: not in the local Hugging Face cache and the hub is unreachable"
+                   f"{' (HF_HUB_OFFLINE=1)' if constants.HF_HUB_OFFLINE else ''}; connect once to download it")
+    if constants.HF_HUB_OFFLINE:
+        if not required:
+            return None
+        raise CheckpointError(offline_msg)
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: the hub could not be reached
+        if not required:
+            return None
+        raise CheckpointError(offline_msg) from None
     except EntryNotFoundError:
         if not required:
             return None
-        if constants.HF_HUB_OFFLINE:
-            raise CheckpointError(f"{repo_id}/{filename}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; "
-                                  f"unset it once to download") from None
         raise CheckpointError(f"{repo_id}/{filename}: not found in the repository") from None
-    except LocalEntryNotFoundError:
-        if not required:
-            return None
-        raise CheckpointError(f"{repo_id}/{filename}: not in the local Hugging Face cache and the hub is unreachable "
-                              f"(offline?); connect once to download it") from None
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id}: repository not found on the Hugging Face hub") from None
+        raise CheckpointError(f"{repo_id}: repository not found on the Hugging Face hub (or it is gated/private)") from None
     except OSError as exc:
         raise CheckpointError(f"{repo_id}/{filename}: download failed ({exc})") from None
 
