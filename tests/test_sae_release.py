@@ -169,3 +169,23 @@ def test_hook_z_release_with_value_bias_shift(hub_cache, models, tmp_path, one_t
         assert sae(z).shape == z.shape
         assert torch.allclose(sae(z), ref(cache[hook]) + shift.reshape(z.shape[-2:]), atol=1e-4)
     assert (f_ref > 0).float().mean() > 0.02
+
+
+def test_cached_release_never_touches_the_network(release_cache, monkeypatch):
+    """Online mode, files cached: loading asks the cache only (an unreachable hub would cost retries)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    real = huggingface_hub.hf_hub_download
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        if not kwargs.get("local_files_only"):
+            raise AssertionError("network access for a cached file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", spy)
+    sae = SAE.from_pretrained("gpt2-small-res-jb", HOOK)
+    assert sae.d_sae == D_SAE and calls and all(calls)
