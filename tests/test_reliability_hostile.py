@@ -11,8 +11,6 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,17 +121,20 @@ def test_valid_pt_still_loads(tmp_path):
     assert sae.d_in == 8 and sae.d_sae == 32
 
 
-def test_convert_hostile_exits_2_one_line(tmp_path):
+def test_convert_hostile_exits_2_one_line(tmp_path, capsys):
+    """`saescope convert evil.pt out` (the real CLI, in-process): exit 2, one line, no payload, no output."""
     pytest.importorskip("saescope.cli.sae_cmds")
+    from saescope.cli import main
+
     sentinel = tmp_path / "pwned"
     src = tmp_path / "evil.pt"
     src.write_bytes(_zip_torch(sentinel))
     dst = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "saescope", "convert", str(src), str(dst)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "SAESCOPE_NO_PROGRESS": "1"})
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    code = main(["convert", str(src), str(dst)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "evil.pt" in err, err
     assert not sentinel.exists()
     assert not dst.exists()
 
