@@ -46,7 +46,13 @@ def num_ws(tmp_path_factory, gpt2_dir):
     key = next(k for k in w if k.endswith("h.2.mlp.c_fc.weight"))
     w[key] = torch.full_like(w[key], float("nan"))
     save_file(w, str(model / "model.safetensors"), metadata={"format": "pt"})
-    return {"root": root, "model": str(gpt2_dir), "model_nan": str(model)}
+    big = root / "model_big"   # embeddings x1e7: the residual stream exceeds float16's range (65504)
+    shutil.copytree(gpt2_dir, big)
+    w = load_file(str(big / "model.safetensors"))
+    key = next(k for k in w if k.endswith("wte.weight"))
+    w[key] = w[key] * 1e7
+    save_file(w, str(big / "model.safetensors"), metadata={"format": "pt"})
+    return {"root": root, "model": str(gpt2_dir), "model_nan": str(model), "model_big": str(big)}
 
 
 def _cli(argv):
@@ -148,3 +154,19 @@ def test_half_precision_read_is_finite_and_close(num_ws, dtype):
         if a["features"] and b["features"] and a["features"][0]["index"] == b["features"][0]["index"]:
             agree += 1
     assert agree >= len(r) // 2, (agree, len(r))
+
+
+@pytest.mark.xfail(strict=True, reason="finding 16")
+def test_harvest_float16_overflow_is_not_silent(num_ws, tmp_path):
+    """`saescope harvest --dtype float16` of activations beyond float16's range: a one-line error (exit 2), not
+    a cache full of inf that training later skips row by row."""
+    import numpy as np
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(30)))
+    out = tmp_path / "cache"
+    code, _, lines = _cli(["harvest", "--model", num_ws["model_big"], "--hook", "blocks.0.hook_resid_pre", "--dataset",
+                           str(corpus), "--tokens", "128", "--context-size", "16", "--dtype", "float16", "--out", str(out)])
+    stored = [np.load(p) for p in sorted(out.glob("*.npy"))] if out.exists() else []
+    assert all(np.isfinite(a).all() for a in stored), "non-finite float16 activations were written"
+    assert code == 2 and len(lines) == 1 and re.search(r"float16|overflow|inf", lines[0], re.I), (code, lines)
