@@ -93,3 +93,13 @@ def pythia_dir(tmp_path_factory) -> Path:
 def pythia_hub(hub_cache, pythia_dir) -> str:
     add_model_dir(hub_cache, "EleutherAI/pythia-70m", pythia_dir)
     return "EleutherAI/pythia-70m"
+
+
+@pytest.fixture(scope="session")
+def saescope_server(gpt2_dir, tmp_path_factory):
+    """`saescope serve` on 127.0.0.1 for a random SAE with statistics, shared by the load and browser tests."""
+    from report_helpers import start_test_server
+
+    srv = start_test_server(gpt2_dir, tmp_path_factory.mktemp("served"))
+    yield srv
+    srv.close()

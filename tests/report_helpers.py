@@ -73,3 +73,57 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class ThreadServer:
+    """The app served by a real uvicorn on 127.0.0.1 (any free port), in a thread of this process; ``url``."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        from saescope.server import bind_socket
+
+        sock = bind_socket("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{port}/"
+
+    @staticmethod
+    def rss_kb() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def start_test_server(gpt2_dir: Path, tmp: Path) -> ThreadServer:
+    """A random TopK SAE with a feature store, served on 127.0.0.1 by uvicorn (``create_app`` as `saescope serve`
+    builds it; reads may run 256 at a time for the load test). ``.sae_path`` and ``.d_sae`` are set."""
+    from saescope.lm import LanguageModel
+    from saescope.report import FeatureStore, StatsConfig, compute_feature_stats
+    from saescope.server import ServerConfig, create_app
+
+    lm = LanguageModel.from_pretrained(str(gpt2_dir))
+    sae = make_sae(lm.name, tmp / "sae")
+    cfg = StatsConfig(n_tokens=12 * 24, context_size=24, batch_size=12, top_k=5, window=3, checkpoint_every=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compute_feature_stats(lm, sae, make_corpus(12, 24), cfg, out=sae.path / "features.sqlite")
+    finally:
+        torch.set_num_threads(before)
+    app = create_app(lm, sae, str(sae.path), FeatureStore.for_sae(sae), ServerConfig(max_concurrent_reads=256))
+    srv = ThreadServer(app)
+    srv.sae_path, srv.d_sae = sae.path, sae.d_sae
+    return srv

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from report_helpers import ServerProcess, make_corpus, make_sae
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -23,19 +22,19 @@ if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def server(gpt2_dir, tmp_path_factory):
-    from saescope.lm import LanguageModel
-    from saescope.report import StatsConfig, compute_feature_stats
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
 
-    lm = LanguageModel.from_pretrained(str(gpt2_dir))
-    sae = make_sae(lm.name, tmp_path_factory.mktemp("browser") / "sae")
-    cfg = StatsConfig(n_tokens=12 * 24, context_size=24, batch_size=12, top_k=5, window=3, checkpoint_every=0)
-    compute_feature_stats(lm, sae, make_corpus(12, 24), cfg, out=sae.path / "features.sqlite")
-    del lm
-    srv = ServerProcess(["--model", str(gpt2_dir), "--sae", str(sae.path)])
-    yield srv
-    srv.close()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)     # tiny matrices: threads only add contention on a shared machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def server(one_thread, saescope_server):
+    return saescope_server
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from report_helpers import HOOK, ServerProcess, make_corpus, make_sae
+from report_helpers import make_corpus, make_sae
 from saescope.report import FeatureStore, StatsConfig, compute_feature_stats
 
 CFG = StatsConfig(n_tokens=12 * 24, context_size=24, batch_size=6, top_k=5, window=3, cofire_tokens=200,
@@ -202,42 +202,41 @@ def test_cli_dashboard_from_text_file(capsys, gpt2_dir, srv_sae, tmp_path):
     assert "not empty" in capsys.readouterr().err
 
 
-def test_load_on_loopback(gpt2_dir, srv_sae, srv_store):
-    """400 requests, 200 at a time, against a real uvicorn on 127.0.0.1: no errors, RSS bounded."""
+def test_load_on_loopback(saescope_server):
+    """400 requests, 200 at a time, against a real uvicorn on 127.0.0.1: no errors, RSS bounded (server and
+    clients share this process, so the bound covers both)."""
     import http.client
     from urllib.parse import urlparse
 
-    server = ServerProcess(["--model", str(gpt2_dir), "--sae", str(srv_sae.path), "--max-concurrent-reads", "256"])
-    try:
-        u = urlparse(server.url)
-        assert u.hostname == "127.0.0.1"
+    server = saescope_server
+    d_sae = server.d_sae
+    u = urlparse(server.url)
+    assert u.hostname == "127.0.0.1"
 
-        def call(i: int) -> int:
-            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-            try:
-                if i % 4 == 3:
-                    conn.request("POST", "/api/read", body=json.dumps({"text": f"number {i} of the load"}),
-                                 headers={"Content-Type": "application/json"})
-                elif i % 4 == 2:
-                    conn.request("GET", f"/feature/{i % srv_sae.d_sae}")
-                else:
-                    conn.request("GET", f"/api/feature/{i % srv_sae.d_sae}")
-                r = conn.getresponse()
-                r.read()
-                return r.status
-            finally:
-                conn.close()
+    def call(i: int) -> int:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        try:
+            if i % 4 == 3:
+                conn.request("POST", "/api/read", body=json.dumps({"text": f"number {i} of the load"}),
+                             headers={"Content-Type": "application/json"})
+            elif i % 4 == 2:
+                conn.request("GET", f"/feature/{i % d_sae}")
+            else:
+                conn.request("GET", f"/api/feature/{i % d_sae}")
+            r = conn.getresponse()
+            r.read()
+            return r.status
+        finally:
+            conn.close()
 
-        for i in range(8):   # warm up
-            assert call(i) == 200
-        rss0 = server.rss_kb()
-        t0 = time.time()
-        with ThreadPoolExecutor(200) as pool:
-            statuses = list(pool.map(call, range(400)))
-        elapsed = time.time() - t0
-        rss1 = server.rss_kb()
-        assert statuses.count(200) == 400, {s: statuses.count(s) for s in set(statuses)}
-        assert rss1 - rss0 < 150_000, (rss0, rss1)            # kB
-        print(f"load: 400 requests in {elapsed:.1f}s ({400 / elapsed:.0f} req/s), RSS {rss0 // 1024} -> {rss1 // 1024} MiB")
-    finally:
-        server.close()
+    for i in range(8):   # warm up
+        assert call(i) == 200
+    rss0 = server.rss_kb()
+    t0 = time.time()
+    with ThreadPoolExecutor(200) as pool:
+        statuses = list(pool.map(call, range(400)))
+    elapsed = time.time() - t0
+    rss1 = server.rss_kb()
+    assert statuses.count(200) == 400, {s: statuses.count(s) for s in set(statuses)}
+    assert rss1 - rss0 < 150_000, (rss0, rss1)            # kB
+    print(f"load: 400 requests in {elapsed:.1f}s ({400 / elapsed:.0f} req/s), RSS {rss0 // 1024} -> {rss1 // 1024} MiB")

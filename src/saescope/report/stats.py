@@ -340,7 +340,9 @@ class FeatureRecord:
     label: str | None = None
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {"index": self.index, "density": self.density, "mean": self.mean, "mean_active": self.mean_active,
+             "max": self.max, "n_active": self.n_active, "hist": list(self.hist),
+             "cofire": [dict(c) for c in self.cofire], "label": self.label}
         d["top"] = [e.to_dict() for e in self.top]
         d["intervals"] = [{"lo": iv["lo"], "hi": iv["hi"], "examples": [e.to_dict() for e in iv["examples"]]}
                           for iv in self.intervals]
