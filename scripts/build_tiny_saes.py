@@ -35,7 +35,7 @@ from saescope.report.tour import TourConfig, count_word, sample_pairs
 SAES = {
     # id: (hook, train config overrides)
     "resid2-topk": ("blocks.2.hook_resid_pre", dict(architecture="topk", d_sae=4096, k=32)),
-    "resid2-relu": ("blocks.2.hook_resid_pre", dict(architecture="relu", d_sae=2048, l1_coefficient=5.0)),
+    "resid2-relu": ("blocks.2.hook_resid_pre", dict(architecture="relu", d_sae=2048, l1_coefficient=1.5)),
     "mlp1-topk": ("blocks.1.hook_mlp_out", dict(architecture="topk", d_sae=2048, k=32)),
 }
 CONCEPTS = [" war", " love", " king", " God", " death", " Napoleon", " horse", " army", " blood", " money", " French"]
@@ -104,6 +104,7 @@ def main() -> None:
     p.add_argument("--stats-tokens", type=int, default=200_000)
     p.add_argument("--only", nargs="*", default=None, help="SAE ids to (re)build")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-train", action="store_true", help="keep the trained SAEs; redo statistics and demo choice")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="tiny", help="model to harvest from (a path for dry runs)")
     p.add_argument("--max-contexts", type=int, default=None, help="cap the harvested contexts (dry runs)")
@@ -118,12 +119,13 @@ def main() -> None:
     contexts = contexts_from(lm, train_text, ctx)[: args.max_contexts]
     hooks = sorted({h for h, _ in SAES.values()})
     t0 = time.time()
-    acts = harvest(lm, contexts, hooks)
-    print(f"harvested {len(contexts) * (ctx - 1):,} tokens at {hooks} in {time.time() - t0:.0f}s")
+    acts = {} if args.skip_train else harvest(lm, contexts, hooks)
+    if acts:
+        print(f"harvested {len(contexts) * (ctx - 1):,} tokens at {hooks} in {time.time() - t0:.0f}s")
 
     report = {}
     for sae_id, (hook, overrides) in SAES.items():
-        if args.only and sae_id not in args.only:
+        if args.skip_train or (args.only and sae_id not in args.only):
             continue
         cfg = TrainConfig(batch_size=4096, total_tokens=args.tokens, lr=4e-4, seed=args.seed, model="tiny", hook=hook,
                           dataset="shared/corpus: tinyshakespeare + war_and_peace, train split (95%)",
@@ -150,7 +152,8 @@ def main() -> None:
         sae = SAE.load(tiny_sae_dir("resid2-topk"), dtype=torch.float32)
         t0 = time.time()
         shuffled = contexts[torch.randperm(len(contexts), generator=torch.Generator().manual_seed(args.seed))]
-        compute_feature_stats(lm, sae, shuffled, StatsConfig(n_tokens=args.stats_tokens, top_k=8, window=6),
+        compute_feature_stats(lm, sae, shuffled, StatsConfig(n_tokens=args.stats_tokens, top_k=5, window=5, n_intervals=4,
+                                                                         samples_per_interval=2),
                               out=tiny_sae_dir("resid2-topk") / "features.sqlite")
         print(f"feature statistics over {args.stats_tokens:,} tokens in {time.time() - t0:.0f}s")
         defaults = TourConfig()
