@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ STORE_FILE = "features.sqlite"
 FORMAT = "saescope-features-1"
 
 _SCHEMA = """
+PRAGMA page_size = 16384;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS features(id INTEGER PRIMARY KEY, density REAL NOT NULL, mean REAL NOT NULL,
     max REAL NOT NULL, n_active INTEGER NOT NULL, label TEXT, data TEXT NOT NULL);
@@ -79,8 +81,17 @@ def _write_meta(con: sqlite3.Connection, meta: dict) -> None:
 def _write_features(con: sqlite3.Connection, records) -> None:
     con.executemany(
         "INSERT OR REPLACE INTO features(id, density, mean, max, n_active, label, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ((r.index, r.density, r.mean, r.max, r.n_active, r.label, json.dumps(r.to_dict(), separators=(",", ":")))
-         for r in records))
+        ((r.index, r.density, r.mean, r.max, r.n_active, r.label, _pack(r.to_dict())) for r in records))
+
+
+def _pack(record: dict) -> bytes:
+    """A record as zlib-compressed compact JSON (about 5× smaller than the text, which matters for bundled stores)."""
+    return zlib.compress(json.dumps(record, separators=(",", ":")).encode("utf-8"), 9)
+
+
+def _unpack(data: bytes | str) -> dict:
+    """Inverse of ``_pack``; plain JSON text (stores written before compression) is read as is."""
+    return json.loads(zlib.decompress(data) if isinstance(data, bytes) else data)
 
 
 def stats_meta(stats: FeatureStats) -> dict:
@@ -214,7 +225,7 @@ class FeatureStore:
             row = self._con.execute("SELECT data FROM features WHERE id = ?", (int(index),)).fetchone()
         if row is None:
             return None
-        rec = FeatureRecord.from_dict(json.loads(row[0]))
+        rec = FeatureRecord.from_dict(_unpack(row[0]))
         if index in self.labels:
             rec.label = self.labels[index]
         return rec
@@ -240,7 +251,7 @@ class FeatureStore:
         with self._lock:
             rows = self._con.execute("SELECT id, data FROM features ORDER BY id").fetchall()
         for i, data in rows:
-            rec = FeatureRecord.from_dict(json.loads(data))
+            rec = FeatureRecord.from_dict(_unpack(data))
             if i in self.labels:
                 rec.label = self.labels[i]
             yield rec
