@@ -195,8 +195,6 @@ def test_cli_dashboard_from_text_file(capsys, gpt2_dir, srv_sae, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    from saescope.cli import main
-
     assert main(["dashboard", "--model", str(gpt2_dir), "--sae", str(srv_sae.path), "--dataset", str(text),
                  "--out", str(busy)]) == 2
     assert "not empty" in capsys.readouterr().err

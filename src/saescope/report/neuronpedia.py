@@ -101,7 +101,6 @@ def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str |
     created = datetime.now(timezone.utc).isoformat()
     edges = store.hist_edges
     centers = [math.sqrt(edges[i] * edges[i + 1]) for i in range(len(edges) - 1)]
-    hook_point = hook.split(".", 2)[-1] if hook.startswith("blocks.") else hook
     cfg = meta.get("config", {})
     source = {"id": source_id, "modelId": model_id, "setName": set_name, "visibility": "PUBLIC",
               "dataset": meta.get("dataset"), "num_prompts": meta.get("n_contexts"),
