@@ -207,6 +207,7 @@ def test_generate_steered_same_seed(lm, sae):
 
 
 # ---------------------------------------------------------------------------------------------- attribution
+@torch.no_grad()
 def _dla_reference(lm, r, comp, tid):
     """Hand-written: component ``comp`` [d] read through ln_f with its scale frozen at residual ``r`` [d]."""
     ln = lm.final_norm()
