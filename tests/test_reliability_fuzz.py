@@ -30,13 +30,9 @@ RSS_BUDGET_MB = 200
 AS_HEADROOM_MB = 2048  # address-space cap during each load: a runaway allocation fails fast instead of OOM
 TOTAL = {"cases": 0}
 
-# Outcomes that match a finding already written up in /tmp/reliability-findings.md are counted and printed, not
-# failed (each has its own strict-xfail test below, which starts failing the moment the owner fixes it).
-KNOWN_FINDINGS = [
-    (r"^RecursionError", 1),
-    (r"^TypeError: unhashable type", 2),
-    (r"^AttributeError: '\w+' object has no attribute 'get'", 3),
-]
+# Every loader error must be a SaescopeError. (Findings 1-3, a RecursionError, a TypeError and an AttributeError
+# escaping the loaders, were fixed at the load boundary; no outcome is excused any more.)
+KNOWN_FINDINGS: list[tuple[str, int]] = []
 
 
 def _known(signature: str) -> int | None:
@@ -136,7 +132,7 @@ def test_cfg_claims_huge_width(tmp_path):
     assert fu.max_rss_mb() - rss0 < RSS_BUDGET_MB
 
 
-# --- one deterministic regression test per finding -------------------------------------------------------------
+# --- one deterministic regression test per (fixed) finding -------------------------------------------------------------
 
 def _load_expect_error(target):
     with fu.address_space_limit(AS_HEADROOM_MB), fu.time_limit(CASE_SECONDS), pytest.raises(SaescopeError) as info:
@@ -144,14 +140,12 @@ def _load_expect_error(target):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1")
 def test_finding1_deeply_nested_cfg_json(tmp_path):
     d = fu.write_saelens_v6(tmp_path)
     (d / "cfg.json").write_text("[" * 100000)
     _load_expect_error(d)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1")
 def test_finding1_deeply_nested_safetensors_header(tmp_path):
     d = fu.write_saelens_v6(tmp_path)
     _, body = fu.read_safetensors(d / "sae_weights.safetensors")
@@ -159,7 +153,6 @@ def test_finding1_deeply_nested_safetensors_header(tmp_path):
     _load_expect_error(d)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2")
 @pytest.mark.parametrize("field,value", [("architecture", []), ("normalize_activations", {"a": 1})])
 def test_finding2_cfg_wrong_json_type(tmp_path, field, value):
     d = fu.write_saelens_v6(tmp_path)
@@ -169,7 +162,6 @@ def test_finding2_cfg_wrong_json_type(tmp_path, field, value):
     _load_expect_error(d)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3")
 def test_finding3_dictionary_learning_trainer_not_object(tmp_path):
     d = fu.write_dictionary_learning(tmp_path)
     cfg = json.loads((d / "config.json").read_text())
@@ -188,7 +180,6 @@ def test_finding4_npz_member_claims_huge_shape(tmp_path):
     _load_expect_error(path)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5")
 def test_finding5_complex_weights_refused(tmp_path):
     """A .pt state dict whose tensors are complex64 (safetensors files are already checked by dtype)."""
     d = fu.write_dictionary_learning(tmp_path)

@@ -113,7 +113,6 @@ def test_good_sae_reads_finite(num_ws):
     assert acts and all(abs(a) < 1e30 for a in acts)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 14")
 def test_fp16_load_of_weights_beyond_fp16_range_is_refused(num_ws, tmp_path):
     """SAE.load(dtype=float16) of a float32 SAE with weights > 65504: an error, not a silent inf."""
     from saescope.sae import SAE, SAEConfig

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
 from . import kernels, transforms
 from .config import SAEConfig
 from .transforms import TransformState
@@ -278,7 +278,10 @@ class SAE(nn.Module):
         sae = cls(cfg, device="meta")
         dtype = torch_dtype(dtype or cfg.dtype)
         for name in param_shapes(cfg):
-            setattr(sae, name, nn.Parameter(state[name].detach().to(device=device or "cpu", dtype=dtype).contiguous()))
+            value = state[name].detach().to(device=device or "cpu", dtype=dtype).contiguous()
+            if not bool(torch.isfinite(value).all()):  # finite in the file, out of range in the requested dtype
+                raise CheckpointError(f"{source}: tensor {name!r} overflows {dtype_name(dtype)}; load it in float32")
+            setattr(sae, name, nn.Parameter(value))
         if dtype_name(dtype) != cfg.dtype:
             sae.cfg = cfg.replace(dtype=dtype_name(dtype))
         return sae

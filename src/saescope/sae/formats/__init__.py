@@ -82,7 +82,11 @@ def load_sae(path, device=None, dtype=None, fmt: str | None = None):
     """Load an SAE from any supported format; sets ``sae.path`` and ``sae.log_sparsity``."""
     from ..model import SAE
 
-    cfg, state, sparsity, resolved = read(path, fmt)
+    try:
+        cfg, state, sparsity, resolved = read(path, fmt)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as exc:
+        # Loaders parse untrusted files: any malformed field that slips past their own checks is the file's fault.
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
     if dtype is None and cfg.dtype in ("float16", "bfloat16") and torch.device(device or "cpu").type == "cpu":
         dtype = torch.float32  # half-precision matmuls on the CPU are slow (fp16: ~100x) and lossy; compute in fp32
         log.debug("%s: stored as %s, loaded as float32 on the CPU", resolved, cfg.dtype)

@@ -164,7 +164,10 @@ def check_state(cfg, state: dict, source: str) -> None:
         if tuple(t.shape) != shape:
             raise CheckpointError(f"{source}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} "
                                   f"from the config (d_in={cfg.d_in}, d_sae={cfg.d_sae})")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not t.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {name!r} has dtype {str(t.dtype).replace('torch.', '')}, "
+                                  f"expected a floating-point tensor")
+        if not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{source}: tensor {name!r} contains NaN or inf values")
 
 
@@ -177,7 +180,10 @@ def _umask() -> int:
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(f"{path.parent}: cannot create the directory ({exc.strerror})") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -186,7 +186,10 @@ def save_native(sae, path) -> None:
     tensors = {name: getattr(sae, name).detach() for name in param_shapes(cfg)}
     fresh = not path.exists()
     if fresh:  # a new folder appears whole or not at all
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot create the directory ({exc.strerror})") from None
         target, path = path, make_temp_dir(path)
     try:
         atomic_save_safetensors(tensors, path / WEIGHTS, metadata={"format": "pt"})
