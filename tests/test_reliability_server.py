@@ -179,7 +179,6 @@ def test_chunked_body_over_cap_is_refused(live):
     assert status in (400, 413), (status, reply[:200])
 
 
-@pytest.mark.xfail(strict=True, reason="finding 12")
 def test_chunked_body_over_cap_is_413(live):
     """...and with the documented status, 413 (it is 400 "error parsing the body" today)."""
     status, reply = _post_chunked_over_cap(live)
@@ -197,11 +196,10 @@ def test_lying_content_length_is_refused(live):
 
 HOSTILE_BODIES = [
     ("/api/read", b"[" * 15000 + b"]" * 15000),                      # deep nesting within the size cap
-    pytest.param("/api/read", b'{"text": "hi", "top_k": 1e400}', marks=pytest.mark.xfail(strict=True, reason="finding 11")),
+    ("/api/read", b'{"text": "hi", "top_k": 1e400}'),
     ("/api/read", b'{"text": "hi", "top_k": 99999999999999999999999999}'),
     ("/api/read", b'{"text": ["hi"]}'),
-    pytest.param("/api/read", b'{"text": "\\ud800"}',                 # lone surrogate
-                 marks=pytest.mark.xfail(strict=True, reason="finding 11")),
+    ("/api/read", b'{"text": "\\ud800"}'),                            # lone surrogate
     ("/api/read", b'\xff\xfe{"text": "hi"}'),
     ("/api/steer", b'{"prompt": "hi", "feature": [1], "strength": [NaN]}'),
     ("/api/steer", b'{"prompt": "hi", "feature": [1], "strength": [Infinity]}'),

@@ -63,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     except SaescopeError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:  # the environment refused (not a directory, permission, disk full): the user's to fix
+        where = exc.filename if exc.filename is not None else ""
+        sys.stderr.write(f"error: cannot use {where}: {exc.strerror or exc}\n".replace("cannot use : ", ""))
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 0
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("SAESCOPE_DEBUG"):
             raise

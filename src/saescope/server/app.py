@@ -96,21 +96,33 @@ class _BodyLimit:
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > self.limit:
                 return await _reject(send, self.limit)
-        seen = 0
+        seen, too_large, rejected = 0, False, False
 
         async def limited():
-            nonlocal seen
+            nonlocal seen, too_large
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.limit:
+                    too_large = True
                     raise _TooLarge()
             return msg
 
+        async def guarded_send(message):
+            # A streamed body over the limit may be caught by the app's body parser and answered as a 400:
+            # replace whatever the app answers with the 413.
+            nonlocal rejected
+            if not too_large:
+                return await send(message)
+            if not rejected:
+                rejected = True
+                await _reject(send, self.limit)
+
         try:
-            return await self.app(scope, limited, send)
+            return await self.app(scope, limited, guarded_send)
         except _TooLarge:
-            return await _reject(send, self.limit)
+            if not rejected:
+                await _reject(send, self.limit)
 
 
 class _TooLarge(Exception):
@@ -133,6 +145,7 @@ def static_dir() -> str:
 def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = ServerConfig()):
     """The FastAPI app serving ``sae`` on ``lm``; ``store``: a FeatureStore (statistics) or None."""
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field
@@ -161,6 +174,13 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
     @app.exception_handler(SaescopeError)
     async def _user_error(request: Request, exc: SaescopeError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        # One line, without echoing the input back (inf or a lone surrogate cannot be rendered as JSON).
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
     class ReadRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
