@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as exc:  # the environment refused (not a directory, permission, disk full): the user's to fix
-        where = exc.filename if exc.filename is not None else ""
-        sys.stderr.write(f"error: cannot use {where}: {exc.strerror or exc}\n".replace("cannot use : ", ""))
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"error: cannot use{where}: {exc.strerror or exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
