@@ -159,7 +159,7 @@ class TrainableSAE(nn.Module):
         del pre
         return StepOutput(loss, parts, x_hat.detach(), fire_counts, l0, extra)
 
-    SPARSE_RELU_DENSITY = 0.05   # below this fraction of active latents, ReLU uses the sparse path
+    SPARSE_RELU_DENSITY = 0.015  # below this fraction of active latents, ReLU uses the sparse path
 
     def _loss_relu_sparse(self, x, l1_scale) -> StepOutput | None:
         """ReLU+L1 over the active latents only (exact: ReLU's gradient is zero elsewhere). None if too dense."""
