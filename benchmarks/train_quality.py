@@ -73,7 +73,7 @@ def run_quality(model="tiny", hook="blocks.2.hook_resid_pre", tokens=1_000_000, 
                   dataset="../shared/corpus (train split)", plots=out is not None, log_every=50,
                   dead_after_tokens=500_000)
         if arch == "relu":
-            kw.update(lr=4e-4, l1_coefficient=2.0)
+            kw.update(lr=4e-4, l1_coefficient=5.0)
         t1 = time.perf_counter()
         sae = train_sae(x, TrainConfig(**kw), out_dir=(Path(out) / arch) if out else None)
         row = {"architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "train_tokens": kw["total_tokens"],
