@@ -88,14 +88,25 @@ def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _logged_steps(out: Path) -> int:
+    try:
+        return (out / "metrics.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 def _kill_when(p, out: Path, mode: str, rng: random.Random, deadline: float) -> str:
     """Wait for the chosen moment, then SIGKILL. Returns what happened."""
     ckpt_dir = out / "checkpoint"
     state = ckpt_dir / "state.pt"
     while time.time() < deadline and p.is_alive() and not (out / "metrics.jsonl").exists() and not ckpt_dir.exists():
         time.sleep(0.002)  # training has not started yet (loading, initialisation)
-    if mode == "random":
-        time.sleep(rng.uniform(0.0, 0.6))
+    if mode == "random":  # a random point of the remaining run, by progress (not wall time: machines differ)
+        done = _logged_steps(out)
+        left = CFG["total_tokens"] // CFG["batch_size"] // CFG["log_every"] - done
+        target = done + rng.randrange(1, max(2, left // 2 + 1))
+        while time.time() < deadline and p.is_alive() and _logged_steps(out) < target:
+            time.sleep(0.001)
     elif mode == "during-write":
         skip = rng.randrange(0, 3)
         seen = 0
