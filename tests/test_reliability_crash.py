@@ -184,7 +184,6 @@ def test_sigkill_resume_bit_identical(setup, tmp_path):
     assert kills >= TRIALS * 2, f"too few kills landed mid-run ({kills}); the run is too fast to test\n" + "\n".join(report)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 10")
 def test_no_temp_files_left_after_kill_and_resume():
     """A kill during a checkpoint write leaves ``checkpoint/.state.pt.*.tmp``; a resumed, finished run should
     have removed it (it is litter the size of a full checkpoint, one per crash)."""

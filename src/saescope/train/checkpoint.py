@@ -43,14 +43,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def _remove_torn_writes(path: Path) -> None:
+    """Delete temp files of checkpoint writes cut short by a crash (never a checkpoint; one writer per run)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def save_state(out_dir: Path, state: dict) -> Path:
     path = Path(out_dir) / CHECKPOINT_DIR / STATE_FILE
+    _remove_torn_writes(path)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     return path
 
 
 def load_state(out_dir: Path) -> dict | None:
     path = Path(out_dir) / CHECKPOINT_DIR / STATE_FILE
+    _remove_torn_writes(path)
     if not path.exists():
         return None
     try:
