@@ -155,7 +155,6 @@ def test_half_precision_read_is_finite_and_close(num_ws, dtype):
     assert agree >= len(r) // 2, (agree, len(r))
 
 
-@pytest.mark.xfail(strict=True, reason="finding 16")
 def test_harvest_float16_overflow_is_not_silent(num_ws, tmp_path):
     """`saescope harvest --dtype float16` of activations beyond float16's range: a one-line error (exit 2), not
     a cache full of inf that training later skips row by row."""

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from ..errors import HookError, InputError
+from ..errors import HookError, InputError, NumericsError
 from ..progress import progress
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,15 @@ class ActivationCache:
         """Add rows [n, d_in] (and count ``contexts`` finished contexts); full shards are written at once."""
         if acts.shape[-1] != self.d_in:
             raise HookError(f"{self.path}: activation width {acts.shape[-1]} differs from the cache's d_in {self.d_in}")
-        self._buf.append(acts.detach().cpu().numpy().astype(self.meta["dtype"], copy=False))
+        rows = acts.detach().cpu().numpy()
+        with np.errstate(over="ignore"):
+            stored = rows.astype(self.meta["dtype"], copy=False)
+        if not np.isfinite(stored).all():
+            peak = float(np.abs(rows[np.isfinite(rows)]).max(initial=0.0))
+            where = "NaN/inf activations" if not np.isfinite(rows).all() else \
+                f"activations beyond {self.meta['dtype']}'s range (max |x| = {peak:.3g}); use float32"
+            raise NumericsError(f"{self.path}: {where}; nothing more was written")
+        self._buf.append(stored)
         self._buf_rows += acts.shape[0]
         self._buf_contexts += contexts
         if self._buf_rows >= self.meta["shard_tokens"]:
