@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from .._io import atomic_write_bytes, atomic_write_json
 from ..errors import HookError, InputError, NumericsError
 from ..progress import progress
 
@@ -111,28 +110,8 @@ class ActivationStream:
 
 # ---------------------------------------------------------------------------------------------------------
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, lambda f: np.save(f, array, allow_pickle=False))
 
-
-def _atomic_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ActivationCache:
@@ -162,7 +141,7 @@ class ActivationCache:
                 "shards": [], "shard_sizes": [], "shard_contexts": [], "n_tokens": 0, "contexts_done": 0, "complete": False}
         full.update(meta or {})
         cache = cls(path, full)
-        _atomic_json(path / META_FILE, full)
+        atomic_write_json(path / META_FILE, full)
         return cache
 
     def append(self, acts: torch.Tensor, contexts: int = 0) -> None:
@@ -195,14 +174,14 @@ class ActivationCache:
             self.meta.setdefault("shard_contexts", []).append(int(self._buf_contexts))
             self.meta["n_tokens"] += int(arr.shape[0])
         self.meta["contexts_done"] += self._buf_contexts
-        _atomic_json(self.path / META_FILE, self.meta)
+        atomic_write_json(self.path / META_FILE, self.meta)
         self._buf, self._buf_rows, self._buf_contexts = [], 0, 0
         self._maps = None
 
     def finalize(self) -> "ActivationCache":
         self.flush()
         self.meta["complete"] = True
-        _atomic_json(self.path / META_FILE, self.meta)
+        atomic_write_json(self.path / META_FILE, self.meta)
         return self
 
     # ---- reading ----------------------------------------------------------------------------------------

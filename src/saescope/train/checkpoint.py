@@ -6,41 +6,17 @@ leaves the previous checkpoint intact. Loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then replace ``path`` with it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _remove_torn_writes(path: Path) -> None:

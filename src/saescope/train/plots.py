@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._io import atomic_write_bytes
 from . import checkpoint as ckpt
 
 
@@ -12,7 +13,7 @@ def _save(fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    ckpt.atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
 
 
 def plot_run(out_dir) -> list[Path]:
