@@ -138,6 +138,7 @@ def test_hook_z_release_with_value_bias_shift(hub_cache, models, tmp_path, one_t
     the features equal SAELens's on TransformerLens's processed hook_z."""
     import sae_lens as sl
 
+    from saescope.interp.compat import check_fits
     from saescope.sae.registry import get_release
 
     lm, tl = models
@@ -163,7 +164,11 @@ def test_hook_z_release_with_value_bias_shift(hub_cache, models, tmp_path, one_t
         W_V = blk.attn.c_attn.weight[:, 2 * D_MODEL:]
         shift = blk.attn.c_attn.bias[2 * D_MODEL:] + blk.ln_1.bias @ W_V
         assert (sae.encode(z) - f_ref).abs().max() > 1e-2     # the convention gap is real
-        sae.fold_input_shift(shift)
+    assert torch.allclose(lm.attention_value_bias(4).reshape(-1), shift)
+    check_fits(lm, sae)  # binding the SAE to the model folds the shift in, once
+    check_fits(lm, sae)
+    assert sae.cfg.metadata.extra["input_shift_folded"] == "attn_value_bias"
+    with torch.no_grad():
         f = sae.encode(z)
         assert torch.allclose(f, f_ref, atol=1e-4), (f - f_ref).abs().max()
         assert sae(z).shape == z.shape

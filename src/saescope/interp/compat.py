@@ -70,6 +70,21 @@ def check_fits(lm, sae) -> None:
     if sae.d_in not in widths:
         raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {widths[0]} of hook {hook} on model {lm.name}; "
                           f"use an SAE trained on this model and hook")
+    _fold_input_shift(lm, sae)
+
+
+def _fold_input_shift(lm, sae) -> None:
+    """Releases trained on TransformerLens's processed ``hook_z`` (``metadata.extra["input_shift"] ==
+    "attn_value_bias"``) expect raw z minus the per-head value bias: fold that bias into the SAE, once, so it
+    takes this model's raw z exactly (see ``LanguageModel.attention_value_bias``)."""
+    extra = sae.cfg.metadata.extra or {}
+    if extra.get("input_shift") != "attn_value_bias":
+        return
+    shift = lm.attention_value_bias(lm.hook_layer(sae.cfg.metadata.hook_name)).to(sae.W_enc)  # [n_heads, d_head]
+    head = sae.cfg.metadata.hook_head_index
+    with torch.no_grad():
+        sae.fold_input_shift(shift[head] if head is not None else shift)
+    sae.cfg = sae.cfg.replace(metadata={"extra": {**extra, "input_shift": None, "input_shift_folded": "attn_value_bias"}})
 
 
 def _is_path(name: str) -> bool:

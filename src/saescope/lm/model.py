@@ -725,3 +725,19 @@ class LanguageModel:
     def final_norm(self) -> torch.nn.Module:
         """The final LayerNorm/RMSNorm, applied before W_U (for direct logit attribution and the logit lens)."""
         return _get_submodule(self.hf_model, self.family.final_norm)
+
+    @torch.no_grad()
+    def attention_value_bias(self, layer: int) -> torch.Tensor:
+        """The value bias every head adds to ``blocks.{layer}.attn.hook_z``, through its LayerNorm: ``[n_heads, d_head]``.
+
+        ``b_V + ln_1.b @ W_V``: since attention probabilities sum to 1, ``z`` carries it exactly; TransformerLens's
+        default processing folds it into ``b_O``, so its processed ``hook_z`` is the raw one minus this. GPT-2 only.
+        """
+        if self.family.name != "gpt2":
+            raise HookError(f"attention_value_bias is defined for GPT-2-family models, not {self.family.name} ({self.name})")
+        if not 0 <= layer < self.info.n_layers:
+            raise HookError(f"layer {layer} is out of range for {self.name} ({self.info.n_layers} layers)")
+        block = _get_submodule(self.hf_model, self.family.layers)[layer]
+        d = self.info.d_model
+        bias = block.attn.c_attn.bias[2 * d:] + block.ln_1.bias @ block.attn.c_attn.weight[:, 2 * d:]
+        return bias.reshape(self.info.n_heads, self.info.d_head)
