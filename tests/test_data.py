@@ -3,8 +3,6 @@ stream against per-context forward passes, the on-disk cache, resumable harvest,
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -14,7 +14,6 @@ import json
 import random
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

@@ -19,7 +19,7 @@ import torch
 from saescope.errors import ConfigError, InputError, NumericsError
 from saescope.train import TrainConfig, train_sae
 from saescope.train.losses import TrainableSAE, geometric_median
-from saescope.train.sparse import ActivePattern, decode_sparse, encode_at, topk_pattern
+from saescope.train.sparse import topk_pattern
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,6 @@
 """``saescope harvest`` and ``saescope train``: parse, call one library function, print where the result is."""
 from __future__ import annotations
 
-import argparse
-
 from .common import bounded_int, finite_float, print_json
 
 # CLI option -> TrainConfig field (options left unset keep the config file's / default value)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,7 +316,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     if overrides:
         cfg = cfg.replace(**overrides)
     device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    distributed = ddp.init_if_needed(device)
+    ddp.init_if_needed(device)
     rank, world = ddp.rank(), ddp.world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size: {cfg.batch_size} is not divisible by the {world} processes")
