@@ -232,6 +232,9 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     if width != sae.d_in:
         raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {width} of hook {hook} on model {lm.name}; "
                           f"use an SAE made for this hook")
+    from ..interp.compat import apply_model_conventions
+
+    apply_model_conventions(lm, sae)  # e.g. hook_z SAEs trained on TransformerLens's processed z
     prepend_bos = meta.prepend_bos if meta.prepend_bos is not None else lm.info.default_prepend_bos
 
     ids_all = _token_contexts(lm, texts_or_dataset, math.ceil(tokens / context_size), context_size,

@@ -70,10 +70,10 @@ def check_fits(lm, sae) -> None:
     if sae.d_in not in widths:
         raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {widths[0]} of hook {hook} on model {lm.name}; "
                           f"use an SAE trained on this model and hook")
-    _fold_input_shift(lm, sae)
+    apply_model_conventions(lm, sae)
 
 
-def _fold_input_shift(lm, sae) -> None:
+def apply_model_conventions(lm, sae) -> None:
     """Releases trained on TransformerLens's processed ``hook_z`` (``metadata.extra["input_shift"] ==
     "attn_value_bias"``) expect raw z minus the per-head value bias: fold that bias into the SAE, once, so it
     takes this model's raw z exactly (see ``LanguageModel.attention_value_bias``)."""
