@@ -103,3 +103,12 @@ def saescope_server(gpt2_dir, tmp_path_factory):
     srv = start_test_server(gpt2_dir, tmp_path_factory.mktemp("served"))
     yield srv
     srv.close()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-model tests: on a shared 2-core machine, thread pools only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,20 +11,14 @@ import torch
 from saescope.data import ActivationCache, ActivationStream, harvest, iter_texts, token_contexts
 from saescope.errors import HookError, InputError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 WORDS = "the cat sat on a mat while rain fell over quiet hills and the river ran to the sea".split()
 
 
 def _docs(n=40, seed=0):
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(20, 60)))) + "." for _ in range(n)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

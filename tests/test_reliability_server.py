@@ -18,21 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 server_mod = pytest.importorskip("saescope.server")
 from saescope.server import app as app_mod  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 HOOK = "blocks.3.hook_resid_pre"
 WATCHDOG_S = 120  # the server stops by itself after this, whatever happens
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class LiveServer:

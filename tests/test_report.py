@@ -18,20 +18,14 @@ from saescope.report import (FeatureStore, StatsConfig, build_dashboard, compute
                              write_store)
 from saescope.report import stats as stats_mod
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 LAYER = 3
 HOOK = f"blocks.{LAYER}.hook_resid_pre"
 N_CTX, CTX = 23, 24
 CFG = StatsConfig(n_tokens=N_CTX * CTX, context_size=CTX, batch_size=5, top_k=6, window=3, n_intervals=4,
                   samples_per_interval=2, reservoir=12, hist_bins=24, hist_min=1e-3, hist_max=10.0, logit_k=5,
                   cofire_k=4, cofire_tokens=300, checkpoint_every=1, seed=3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)     # tiny matrices: threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

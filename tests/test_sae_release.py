@@ -48,14 +48,6 @@ def release_cache(hub_cache, tmp_path_factory):
     return add_repo(hub_cache, REPO, files)
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_from_pretrained_offline_metadata(release_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sae = SAE.from_pretrained("gpt2-small-res-jb", HOOK)

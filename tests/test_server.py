@@ -9,21 +9,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from report_helpers import make_corpus, make_sae
 from saescope.report import FeatureStore, StatsConfig, compute_feature_stats
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 CFG = StatsConfig(n_tokens=12 * 24, context_size=24, batch_size=6, top_k=5, window=3, cofire_tokens=200,
                   checkpoint_every=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)     # tiny matrices: threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,9 @@ from saescope.train import TrainConfig, train_sae
 from saescope.train.losses import TrainableSAE, geometric_median
 from saescope.train.sparse import topk_pattern
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP wake-up latency on the shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def synthetic(n=8192, d=32, m=96, k=4, seed=0, offset=3.0, scale=5.0):
