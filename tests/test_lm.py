@@ -9,6 +9,8 @@ import torch
 from saescope.errors import HookError, InputError, ModelLoadError, SaescopeError
 from saescope.lm import HookContext, LanguageModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Sparse autoencoders read features"]
 
 
@@ -19,14 +21,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP contention on the shared 2-core machine
-    (measured 7-14x faster per step than 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ import torch
 from hubcache import add_model_dir
 from saescope.lm import LanguageModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 TEXT = "Sparse autoencoders find features in the residual stream."
 SMALL = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
              max_position_embeddings=128, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
@@ -20,14 +22,6 @@ SMALL = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _make(kind: str, out):

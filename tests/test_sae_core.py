@@ -10,16 +10,9 @@ from saescope.errors import ConfigError, InputError
 from saescope.sae import SAE, SAEConfig, SAEMetadata
 from saescope.sae import transforms
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 D_IN, D_SAE = 20, 80
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make(arch="relu", seed=0, **kw) -> SAE:

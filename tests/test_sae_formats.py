@@ -13,16 +13,11 @@ from safetensors.torch import save_file
 from saescope.errors import CheckpointError, SaescopeError
 from saescope.sae import SAE, SAEConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
+
 D_IN, D_SAE, K = 32, 128, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 g = torch.Generator().manual_seed(1234)
 
 
