@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gpt2_pair import gpt2_small_pair  # noqa: E402
 
 
 class _Store:
@@ -49,30 +53,14 @@ def main() -> None:
     from sae_lens.saes.sae import SAEMetadata as SLMeta
     from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
     from sae_lens.training.activation_scaler import ActivationScaler
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from saescope.assets import tiny_model_dir
     from saescope.evals import evaluate_sae
-    from saescope.lm import LanguageModel
     from saescope.sae import SAE, SAEConfig, SAEMetadata
 
     hook = "blocks.6.hook_resid_pre"
     tmp = Path(tempfile.mkdtemp(prefix="bench-evals-"))
     try:
-        torch.manual_seed(0)
-        cfg = GPT2Config(vocab_size=4096, n_positions=1024, n_embd=768, n_layer=12, n_head=12, bos_token_id=0,
-                         eos_token_id=0)
-        GPT2LMHeadModel(cfg).save_pretrained(tmp)
-        for name in ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]:
-            shutil.copy(tiny_model_dir() / name, tmp / name)
-        lm = LanguageModel.from_pretrained(str(tmp), device="cpu")
-        tl_cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_ctx=1024, d_head=64, n_heads=12, d_mlp=3072,
-                                         d_vocab=4096, act_fn="gelu_new", normalization_type="LN", device="cpu")
-        tl = HookedTransformer(tl_cfg)
-        tl.load_state_dict(convert_gpt2_weights(lm.hf_model, tl_cfg), strict=False)
-        tl.eval()
+        lm, tl = gpt2_small_pair(tmp)
         sae = SAE(SAEConfig("relu", d_in=768, d_sae=args.d_sae, metadata=SAEMetadata(hook_name=hook)))
         n = -(-args.tokens // args.context)
         ids = torch.randint(1, 4096, (n, args.context), generator=torch.Generator().manual_seed(1))
