@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .._config import JsonConfig
 from ..errors import ConfigError, InputError
 from ..progress import progress
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class StatsConfig:
+class StatsConfig(JsonConfig):
     """How much data and how many examples. Defaults suit the bundled SAE over 200k tokens."""
 
     n_tokens: int = 200_000          # tokens read (contexts of context_size, the last one may overshoot)
@@ -74,17 +75,6 @@ class StatsConfig:
                 raise ConfigError(f"StatsConfig.{name}: must be a non-negative integer, got {value!r}")
         if not (0 < self.hist_min < self.hist_max) or not math.isfinite(self.hist_max):
             raise ConfigError(f"StatsConfig.hist_min/hist_max: need 0 < hist_min < hist_max, got {self.hist_min}, {self.hist_max}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StatsConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"StatsConfig: unknown field {unknown[0]!r}")
-        return cls(**d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
+from .._config import JsonConfig
 from ..errors import ConfigError, InputError, SaescopeError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(JsonConfig):
     """Caps that keep a local server responsive. One more concurrent request than a cap gets HTTP 503."""
     max_text_chars: int = 4000            # /api/read text and /api/steer prompt
     max_new_tokens: int = 128             # /api/steer
@@ -51,16 +52,6 @@ class ServerConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"ServerConfig.{f.name}: must be a positive integer, got {v!r}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ServerConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise ConfigError(f"ServerConfig: unknown field {bad[0]!r}")
-        return cls(**d)
 
 
 class _Gate:
