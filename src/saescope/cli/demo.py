@@ -52,6 +52,8 @@ def _demo(args) -> int:
     for i, (base, steered) in enumerate(tour.samples[:3]):
         side.add_row(str(i), c.steer_prompt + base, c.steer_prompt + steered)
     console.print(side)
+    if tour.concept_rank is not None:
+        console.print(f"the feature's logit lens ranks “{c.steer_word.strip()}” #{tour.concept_rank} of {lm.info.d_vocab} tokens")
     console.print(f"“{c.steer_word.strip()}” appears in [bold]{tour.baseline_hits}/{len(tour.samples)}[/] baseline samples "
                   f"and [bold]{tour.steered_hits}/{len(tour.samples)}[/] steered samples (same random draws)")
 

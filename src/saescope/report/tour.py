@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ class Tour:
     ablation_before: list[NextToken]
     ablation_after: list[NextToken]
     ablation_generation: SteerResult
-    extra: dict = field(default_factory=dict)
+    concept_rank: int | None = None         # rank of the concept word in the steered feature's logit lens
 
 
 def count_word(text: str, word: str) -> int:
@@ -113,7 +113,19 @@ def run_tour(lm, sae, config: TourConfig, heatmap_features: int = 12, seed: int 
     before = _next_tokens(lm, sae, config.ablate_text)
     after = _next_tokens(lm, sae, config.ablate_text, [ablate])
     ablation_gen = generate_steered(lm, sae, config.ablate_text, [ablate], max_new_tokens=20, temperature=0)
-    return Tour(config, labels, read, feats, heat, samples, base_hits, steer_hits, before, after, ablation_gen)
+    return Tour(config, labels, read, feats, heat, samples, base_hits, steer_hits, before, after, ablation_gen,
+                concept_rank=logit_lens_rank(lm, sae, config.steer_feature, " " + config.steer_word.strip()))
+
+
+@torch.no_grad()
+def logit_lens_rank(lm, sae, feature: int, word: str) -> int | None:
+    """Rank (1 = most promoted) of ``word``'s token among all tokens the feature's decoder direction promotes
+    through W_U; None when the word is not a single token."""
+    ids = lm.to_tokens(word, prepend_bos=False)[0]
+    if len(ids) != 1:
+        return None
+    lens = sae.feature_directions([feature])[0].float() @ lm.unembed_matrix().float()
+    return int((lens > lens[ids[0]]).sum()) + 1
 
 
 # ------------------------------------------------------------------------------------------------- HTML
@@ -161,7 +173,8 @@ Mean L0 on the sentence {tour.read.mean_l0:.1f}; {tour.read.percent_active:.2f}%
 <h2>1. Reading: which features fire on which tokens</h2><p class=tok>{e(c.sentence)}</p>{heat}
 <details><summary>top features per token</summary><table><tr><th>pos</th><th>token</th><th>top features</th></tr>{read_rows}</table></details>
 <h2>2. Steering: add feature #{c.steer_feature} × {c.steer_strength:g}</h2>
-<p>Label: <i>{lab(c.steer_feature)}</i>. Over {len(tour.samples)} samples of “{e(c.steer_prompt)}”, the word
+<p>Label: <i>{lab(c.steer_feature)}</i>. Its logit lens ranks “{e(c.steer_word.strip())}” #{tour.concept_rank} among
+all tokens. Over {len(tour.samples)} samples of “{e(c.steer_prompt)}”, the word
 “{e(c.steer_word.strip())}” appears in <span class=big>{tour.baseline_hits}</span> baseline continuations and in
 <span class=big>{tour.steered_hits}</span> steered ones (same random draws). Left: baseline; right: steered.</p>{pairs}
 <h2>3. Ablation: feature #{c.ablate_feature} set to 0 (SAE error kept)</h2><p>Label: <i>{lab(c.ablate_feature)}</i>. Text: <span class=tok>{e(c.ablate_text)}</span></p>
