@@ -27,6 +27,7 @@ import torch
 from corpus import train_and_held_out
 from saescope import LanguageModel, SAE, TrainConfig, evaluate_sae, train_sae
 from saescope.assets import TINY, tiny_sae_dir
+from saescope.data import token_contexts
 from saescope.interp.autolabel import make_labels, save_labels
 from saescope.interp.steer import Intervention, steer
 from saescope.report import StatsConfig, compute_feature_stats
@@ -39,14 +40,6 @@ SAES = {
     "mlp1-topk": ("blocks.1.hook_mlp_out", dict(architecture="topk", d_sae=2048, k=32)),
 }
 CONCEPTS = [" war", " love", " king", " God", " death", " Napoleon", " horse", " army", " blood", " money", " French"]
-
-
-def contexts_from(lm, text: str, ctx: int) -> torch.Tensor:
-    """Consecutive windows of ctx - 1 tokens, each prefixed with BOS: LongTensor [n, ctx]."""
-    ids = lm.to_tokens(text, prepend_bos=False)[0]
-    n = len(ids) // (ctx - 1)
-    body = ids[: n * (ctx - 1)].view(n, ctx - 1)
-    return torch.cat([torch.full((n, 1), lm.info.bos_token_id), body], dim=1)
 
 
 @torch.no_grad()
@@ -116,7 +109,8 @@ def main() -> None:
     train_text = "".join(t for t, _ in parts.values())
     held_out_wp = parts["war_and_peace.txt"][1]
     ctx = 128
-    contexts = contexts_from(lm, train_text, ctx)[: args.max_contexts]
+    # consecutive BOS-prefixed windows of the training text, in order
+    contexts = torch.stack(list(token_contexts(lm, [train_text], ctx, shuffle_buffer=0)))[: args.max_contexts]
     hooks = sorted({h for h, _ in SAES.values()})
     t0 = time.time()
     acts = {} if args.skip_train else harvest(lm, contexts, hooks)

@@ -160,3 +160,16 @@ def token_contexts(lm, texts: Iterable[str], context_size: int, prepend_bos: boo
         yield ctx
     rng.shuffle(buf)
     yield from buf
+
+
+def contexts_from(lm, source, context_size: int, prepend_bos: bool = True, seed: int = 0, split: str = "train",
+                  column: str = "text", shuffle_buffer: int = 1024) -> Iterator[torch.Tensor]:
+    """LongTensor ``[ctx]`` contexts from any source a user may give: an integer tensor ``[n, ctx]`` (its rows, as
+    they are), an iterable of texts, or a dataset name / local file or folder (``iter_texts``)."""
+    if isinstance(source, torch.Tensor):
+        if source.dim() != 2 or source.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"token source must be an integer tensor [n, ctx], got {tuple(source.shape)} {source.dtype}")
+        yield from source.long()
+        return
+    texts = iter_texts(source, split=split, column=column) if isinstance(source, (str, Path)) else source
+    yield from token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed, shuffle_buffer=shuffle_buffer)

@@ -17,6 +17,7 @@ special-token mask), so ``ce_loss_recovered`` and ``kl_score`` against zero-abla
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import time
@@ -132,21 +133,12 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 def _token_contexts(lm, source, n_contexts: int, context_size: int, prepend_bos: bool, seed: int,
                     split: str = "train", column: str = "text") -> torch.Tensor:
     """``[n, context_size]`` token ids from a tensor, a list of texts, or a dataset name / path."""
-    if isinstance(source, torch.Tensor):
-        if source.dim() != 2 or source.dtype not in (torch.long, torch.int32, torch.int64):
-            raise InputError(f"token tensor must be integer [n, pos], got {source.dtype} {tuple(source.shape)}")
-        return source.long()[:n_contexts]
-    from ..data import iter_texts, token_contexts
+    from ..data import contexts_from
 
-    texts = iter_texts(source, split=split, column=column) if isinstance(source, str) else source
-    # a seeded shuffle over a buffer of 4x the contexts needed: a sample less tied to the source's first pages
-    it = token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed,
-                        shuffle_buffer=min(1024, 4 * n_contexts))
-    rows = []
-    for row in it:
-        rows.append(torch.as_tensor(row, dtype=torch.long).reshape(-1))
-        if len(rows) >= n_contexts:
-            break
+    # texts: a seeded shuffle over a buffer of 4x the contexts needed, a sample less tied to the source's first pages
+    it = contexts_from(lm, source, context_size, prepend_bos=prepend_bos, seed=seed, split=split, column=column,
+                       shuffle_buffer=min(1024, 4 * n_contexts))
+    rows = list(itertools.islice(it, n_contexts))
     if not rows:
         raise InputError(f"dataset {source if isinstance(source, str) else '(texts)'} yielded no context of "
                          f"{context_size} tokens; give more text or a smaller --context-size")

@@ -36,6 +36,7 @@ from typing import Iterable, Iterator
 import torch
 
 from .._config import JsonConfig
+from ..data import contexts_from
 from ..errors import ConfigError, InputError
 from ..progress import progress
 
@@ -459,20 +460,6 @@ def vocab_strings(lm) -> list[str]:
     return [tok.decode([i]) for i in range(n)]
 
 
-def _contexts(lm, sae, source, config: StatsConfig) -> Iterator[torch.Tensor]:
-    """Token contexts ``[ctx]`` from a LongTensor ``[n, ctx]``, an iterable of texts, or a dataset/file name."""
-    if isinstance(source, torch.Tensor):
-        if source.dim() != 2 or source.dtype not in (torch.int64, torch.int32):
-            raise InputError(f"token source must be an integer tensor [n, ctx], got {tuple(source.shape)} {source.dtype}")
-        yield from source.long()
-        return
-    from ..data import iter_texts, token_contexts
-
-    texts = iter_texts(source) if isinstance(source, (str, Path)) else source
-    prepend_bos = bool(getattr(sae.cfg.metadata, "prepend_bos", True))
-    yield from token_contexts(lm, texts, config.context_size, prepend_bos=prepend_bos, seed=config.seed)
-
-
 def _batches(contexts: Iterable[torch.Tensor], batch_size: int, n_contexts: int, skip: int) -> Iterator[torch.Tensor]:
     buf: list[torch.Tensor] = []
     for i, ctx in enumerate(contexts):
@@ -538,7 +525,9 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     bar = progress(total=n_contexts * config.context_size, initial=done_before * config.context_size,
                    desc="feature stats", unit="tok", unit_scale=True)
     try:
-        for batch in _batches(_contexts(lm, sae, source, config), config.batch_size, n_contexts, done_before):
+        contexts = contexts_from(lm, source, config.context_size, prepend_bos=bool(sae.cfg.metadata.prepend_bos),
+                                 seed=config.seed)
+        for batch in _batches(contexts, config.batch_size, n_contexts, done_before):
             with torch.no_grad():
                 f = sae_activations(lm, sae, batch)
             mask = torch.ones(batch.shape, dtype=torch.bool)
