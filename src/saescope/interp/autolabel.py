@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..progress import progress
+from .feature import logit_lens_topk
 
 
 def _clean(token: str) -> str:
@@ -72,9 +73,7 @@ def activation_mass_by_token(lm, sae, contexts: torch.Tensor, batch_size: int = 
 @torch.no_grad()
 def logit_lens_top(lm, sae, top: int = 2) -> torch.Tensor:
     """Token ids each feature's decoder direction promotes most: [d_sae, top] (through W_U, no bias)."""
-    directions = sae.feature_directions().to(lm.device, torch.float32)
-    logits = directions @ lm.unembed_matrix().to(torch.float32)
-    return logits.topk(top, dim=-1).indices.cpu()
+    return logit_lens_topk(sae.feature_directions().detach(), lm.unembed_matrix().detach(), top)[1]
 
 
 def make_labels(lm, sae, contexts: torch.Tensor, batch_size: int = 64) -> dict[int, str]:

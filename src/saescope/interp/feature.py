@@ -55,6 +55,25 @@ def neuronpedia_url(sae, index: int) -> str | None:
 
 
 @torch.no_grad()
+def logit_lens_topk(directions: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 1024):
+    """Top-k positive and negative logit contributions per feature.
+
+    directions ``[d_sae, d_model]`` @ W_U ``[d_model, d_vocab]`` in chunks -> (pos_val, pos_idx, neg_val, neg_idx),
+    each ``[d_sae, k]``; negatives are the most negative values, ascending.
+    """
+    D = directions.shape[0]
+    k = min(k, W_U.shape[1])
+    out = [torch.empty(D, k), torch.empty(D, k, dtype=torch.long), torch.empty(D, k), torch.empty(D, k, dtype=torch.long)]
+    W = W_U.float()
+    for s in range(0, D, chunk):
+        logits = directions[s:s + chunk].float().to(W.device) @ W
+        pv, pi = logits.topk(k, dim=1)
+        nv, ni = logits.topk(k, dim=1, largest=False)
+        for o, x in zip(out, (pv, pi, nv, ni)):
+            o[s:s + chunk] = x.cpu()
+    return tuple(out)
+
+
 def logit_lens(lm, sae, index: int, k: int = 10, through_norm: bool = True) -> tuple[list[TokenScore], list[TokenScore]]:
     """Top promoted / suppressed tokens of feature ``index``: ``d_f . W_U`` with ``d_f`` the raw-space decoder
     direction. ``through_norm``: first apply the final norm's centring (LayerNorm) and gain, as the residual

@@ -37,6 +37,7 @@ import torch
 
 from .._config import JsonConfig
 from ..data import contexts_from
+from ..interp.feature import logit_lens_topk as logit_lens
 from ..errors import ConfigError, InputError
 from ..progress import progress
 
@@ -366,25 +367,6 @@ class FeatureStats:
     @property
     def tokens_per_second(self) -> float:
         return self.n_tokens / self.seconds if self.seconds else float("nan")
-
-
-def logit_lens(directions: torch.Tensor, W_U: torch.Tensor, k: int, chunk: int = 1024):
-    """Top-k positive and negative logit contributions per feature.
-
-    directions ``[d_sae, d_model]`` @ W_U ``[d_model, d_vocab]`` in chunks -> (pos_val, pos_idx, neg_val, neg_idx),
-    each ``[d_sae, k]``; negatives are the most negative values, ascending.
-    """
-    D = directions.shape[0]
-    k = min(k, W_U.shape[1])
-    out = [torch.empty(D, k), torch.empty(D, k, dtype=torch.long), torch.empty(D, k), torch.empty(D, k, dtype=torch.long)]
-    W = W_U.float()
-    for s in range(0, D, chunk):
-        logits = directions[s:s + chunk].float().to(W.device) @ W
-        pv, pi = logits.topk(k, dim=1)
-        nv, ni = logits.topk(k, dim=1, largest=False)
-        for o, x in zip(out, (pv, pi, nv, ni)):
-            o[s:s + chunk] = x.cpu()
-    return tuple(out)
 
 
 def _round_sig(x: torch.Tensor, digits: int = 6) -> torch.Tensor:
