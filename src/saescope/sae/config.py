@@ -28,6 +28,8 @@ class SAEMetadata:
     context_size: int | None = None
     dataset_path: str | None = None
     neuronpedia_id: str | None = None
+    hook_name_out: str | None = None        # transcoders: the hook whose activation the decoder predicts
+    hook_head_index_out: int | None = None
     release: str | None = None
     sae_id: str | None = None
     extra: dict = field(default_factory=dict)
@@ -62,6 +64,12 @@ class SAEConfig:
     apply_b_dec_to_input: encode sees ``x - b_dec``.
     input_transform: applied to the raw activation before the encoder and undone after the decoder
     (``saescope.sae.transforms``). input_scale: the factor of the ``scale`` transform.
+    d_out: ``None`` for an SAE (the decoder reconstructs its input, width ``d_in``); an int for a
+    **transcoder**, whose decoder predicts another activation (``metadata.hook_name_out``) of width ``d_out``.
+    Transcoders take input transform ``none`` and no ``apply_b_dec_to_input`` (``b_dec`` lives in the output
+    space). skip: a transcoder with a linear skip path ``W_skip [d_out, d_in]`` (SAELens layout).
+    matryoshka_widths: nested prefixes ``w_1 < ... < w_n = d_sae`` a Matryoshka SAE was trained with (each
+    prefix of the latents is a usable dictionary on its own); inference is unchanged.
     """
 
     architecture: str
@@ -72,7 +80,19 @@ class SAEConfig:
     input_transform: str = "none"
     input_scale: float = 1.0
     dtype: str = "float32"
+    d_out: int | None = None
+    skip: bool = False
+    matryoshka_widths: tuple[int, ...] | None = None
     metadata: SAEMetadata = field(default_factory=SAEMetadata)
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.d_out is not None
+
+    @property
+    def out_width(self) -> int:
+        """Width of the decoder's output: ``d_out`` for a transcoder, else ``d_in``."""
+        return self.d_in if self.d_out is None else self.d_out
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -93,6 +113,36 @@ class SAEConfig:
             raise ConfigError(f"SAEConfig.dtype: unknown value {self.dtype!r} (expected one of {', '.join(DTYPES)})")
         if not isinstance(self.metadata, SAEMetadata):
             object.__setattr__(self, "metadata", SAEMetadata.from_dict(self.metadata))
+        self._check_transcoder()
+        self._check_matryoshka()
+
+    def _check_transcoder(self) -> None:
+        if self.d_out is None:
+            if self.skip:
+                raise ConfigError("SAEConfig.skip: a skip path needs a transcoder (set d_out)")
+            return
+        if not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out <= 0:
+            raise ConfigError(f"SAEConfig.d_out: must be a positive integer or null, got {self.d_out!r}")
+        if self.input_transform != "none":
+            raise ConfigError(f"SAEConfig.input_transform: a transcoder takes 'none' (fold any scaling into its "
+                              f"weights), got {self.input_transform!r}")
+        if self.apply_b_dec_to_input:
+            raise ConfigError("SAEConfig.apply_b_dec_to_input: not possible for a transcoder (b_dec is in the "
+                              "output space)")
+        if not isinstance(self.skip, bool):
+            raise ConfigError(f"SAEConfig.skip: must be true or false, got {self.skip!r}")
+
+    def _check_matryoshka(self) -> None:
+        widths = self.matryoshka_widths
+        if widths is None:
+            return
+        if isinstance(widths, list):
+            widths = tuple(widths)
+            object.__setattr__(self, "matryoshka_widths", widths)
+        ok = isinstance(widths, tuple) and widths and all(isinstance(w, int) and not isinstance(w, bool) for w in widths)
+        if not ok or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] <= 0 or widths[-1] != self.d_sae:
+            raise ConfigError(f"SAEConfig.matryoshka_widths: need strictly increasing positive widths ending at "
+                              f"d_sae={self.d_sae}, got {self.matryoshka_widths!r}")
 
     def replace(self, **changes: Any) -> "SAEConfig":
         """A copy with some fields changed (``metadata`` may be given as a dict of metadata fields to change)."""
@@ -104,6 +154,8 @@ class SAEConfig:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["metadata"] = self.metadata.to_dict()
+        if self.matryoshka_widths is not None:
+            d["matryoshka_widths"] = list(self.matryoshka_widths)
         return d
 
     @classmethod

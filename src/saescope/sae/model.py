@@ -8,6 +8,11 @@
          = 1[x' @ W_enc + b_gate > 0] * relu(x' @ (W_enc * exp(r_mag)) + b_mag)      (gated)
     x_hat = T^-1(f @ W_dec + b_dec)                                   [..., d_in]
 
+A **transcoder** (``cfg.d_out`` set) has the same encoder, but its decoder predicts another activation
+``y`` (``metadata.hook_name_out``) of width ``d_out``, with an optional linear skip path (``cfg.skip``):
+
+    y_hat = f @ W_dec + b_dec  (+ x @ W_skip.T)                       [..., d_out]
+
 BatchTopK is trained with a batch-level top-k; at inference it is a JumpReLU with the threshold learned in
 training (as SAELens and dictionary_learning do), so its output for a token does not depend on the batch.
 """
@@ -37,7 +42,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def param_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """The tensors an SAE of this config holds, SAELens names and shapes."""
-    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    d_out = cfg.out_width
+    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "W_dec": (cfg.d_sae, d_out), "b_dec": (d_out,)}
+    if cfg.skip:
+        shapes["W_skip"] = (d_out, cfg.d_in)
     if cfg.architecture == "gated":
         shapes.update(b_gate=(cfg.d_sae,), b_mag=(cfg.d_sae,), r_mag=(cfg.d_sae,))
     else:
@@ -58,7 +66,8 @@ class SparseCode(NamedTuple):
 class SAE(nn.Module):
     """A sparse autoencoder. Parameters use SAELens names: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
     ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` (+ ``threshold`` for jumprelu/batchtopk, ``b_gate``, ``b_mag``,
-    ``r_mag`` instead of ``b_enc`` for gated)."""
+    ``r_mag`` instead of ``b_enc`` for gated). Transcoders: ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``
+    (+ ``W_skip [d_out, d_in]``)."""
 
     def __init__(self, cfg: SAEConfig, device=None, dtype=None, seed: int | None = 0):
         super().__init__()
@@ -71,13 +80,18 @@ class SAE(nn.Module):
                 self.register_parameter(name, nn.Parameter(torch.empty(shape, device="meta", dtype=dtype)))
             return
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=gen)
+        W_dec = torch.randn(cfg.d_sae, cfg.out_width, generator=gen)
         W_dec /= W_dec.norm(dim=-1, keepdim=True)  # unit decoder rows, tied encoder: a usable start for training
+        if cfg.is_transcoder:  # in and out spaces differ: an independent unit-norm encoder
+            W_enc = torch.randn(cfg.d_in, cfg.d_sae, generator=gen)
+            W_enc /= W_enc.norm(dim=0, keepdim=True)
+        else:
+            W_enc = W_dec.T.clone()
         for name, shape in param_shapes(cfg).items():
             if name == "W_dec":
                 value = W_dec
             elif name == "W_enc":
-                value = W_dec.T.clone()
+                value = W_enc
             else:
                 value = torch.zeros(shape)
             self.register_parameter(name, nn.Parameter(value.to(device=device, dtype=dtype)))
@@ -92,6 +106,15 @@ class SAE(nn.Module):
         return self.cfg.d_sae
 
     @property
+    def d_out(self) -> int:
+        """Width of the decoder's output (``d_in`` for an SAE)."""
+        return self.cfg.out_width
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.is_transcoder
+
+    @property
     def device(self) -> torch.device:
         return self.W_dec.device
 
@@ -102,6 +125,10 @@ class SAE(nn.Module):
     def __repr__(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.architecture == "topk" else ""
+        if c.is_transcoder:
+            return (f"Transcoder({c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, d_out={c.d_out}{k}, "
+                    f"skip={c.skip}, hook={c.metadata.hook_name} -> {c.metadata.hook_name_out}, "
+                    f"model={c.metadata.model_name})")
         return (f"SAE({c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{k}, transform={c.input_transform}, "
                 f"hook={c.metadata.hook_name}, model={c.metadata.model_name})")
 
@@ -155,6 +182,8 @@ class SAE(nn.Module):
         return SparseCode(*kernels.topk_relu(kernels.linear(x, self.W_enc, self.b_enc), self.cfg.k), state)
 
     def _finish(self, x_hat: Tensor, state: TransformState | None) -> Tensor:
+        if self.cfg.is_transcoder:  # output space: no input transform to undo (transcoders take 'none')
+            return x_hat
         if state is None:
             state = transforms.fixed_state(self.cfg.input_transform, self.cfg.input_scale)
         x_hat = transforms.invert(x_hat, state)
@@ -172,16 +201,33 @@ class SAE(nn.Module):
         """``SparseCode -> [..., d_in]`` with an ``embedding_bag`` over the k active rows of ``W_dec``."""
         return self._finish(kernels.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec), code.state)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Reconstruction ``decode(encode(x), state of x)``: ``[..., d_in] -> [..., d_in]``."""
-        if self.cfg.architecture == "topk":
-            return self.decode_sparse(self.encode_sparse(x))
-        f, state = self.encode_with_state(x)
-        return self.decode(f, state)
+    def skip_term(self, x: Tensor) -> Tensor | None:
+        """A skip transcoder's linear path ``x @ W_skip.T``: ``[..., d_in] -> [..., d_out]``; None without one."""
+        if not self.cfg.skip:
+            return None
+        x, _ = self._prepare(x)
+        return kernels.linear(x, self.W_skip.T, None)
 
-    def error(self, x: Tensor) -> Tensor:
-        """The SAE error term ``x - forward(x)``: ``[..., d_in] -> [..., d_in]``."""
-        return x.to(self.dtype) - self.forward(x)
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction ``decode(encode(x), state of x)`` (+ the skip path of a skip transcoder):
+        ``[..., d_in] -> [..., d_out]`` (``d_out == d_in`` for an SAE)."""
+        if self.cfg.architecture == "topk":
+            out = self.decode_sparse(self.encode_sparse(x))
+        else:
+            f, state = self.encode_with_state(x)
+            out = self.decode(f, state)
+        skip = self.skip_term(x)
+        return out if skip is None else out + skip
+
+    def error(self, x: Tensor, target: Tensor | None = None) -> Tensor:
+        """The error term ``target - forward(x)``: ``[..., d_in] -> [..., d_out]``. For an SAE the target is ``x``;
+        a transcoder needs the activation it predicts (``metadata.hook_name_out``)."""
+        if target is None:
+            if self.cfg.is_transcoder:
+                raise ConfigError("error(): a transcoder needs the target activation (its output hook "
+                                  f"{self.cfg.metadata.hook_name_out}); call error(x, target)")
+            target = x
+        return target.to(self.dtype) - self.forward(x)
 
     def feature_directions(self, idx=None) -> Tensor:
         """Decoder rows in raw activation space (the fixed ``scale`` undone): ``[n, d_in]``
@@ -225,7 +271,8 @@ class SAE(nn.Module):
         """Make an SAE trained on ``x - shift`` take ``x`` (exact): ``shift [d_in]`` (or ``[n_heads, d_head]``).
         E.g. TransformerLens's processed ``hook_z`` is the raw z minus ``b_V + ln_1.b @ W_V`` per head.
         With ``apply_b_dec_to_input``: ``b_dec += shift``; otherwise the encoder biases absorb ``-shift @ W_enc``
-        and ``b_dec += shift``. Only for transform ``none``."""
+        and ``b_dec += shift``. A transcoder's output does not move with its input: only the encoder biases (and,
+        with a skip path, ``b_dec -= shift @ W_skip.T``) change. Only for transform ``none``."""
         if self.cfg.input_transform != "none":
             raise ConfigError(f"fold_input_shift needs input transform none, this SAE has {self.cfg.input_transform}")
         shift = shift.reshape(-1).to(self.W_enc)
@@ -238,6 +285,10 @@ class SAE(nn.Module):
                 self.b_mag.sub_(proj * self.r_mag.exp())
             else:
                 self.b_enc.sub_(proj)
+        if self.cfg.is_transcoder:
+            if self.cfg.skip:
+                self.b_dec.sub_(shift @ self.W_skip.T)
+            return
         self.b_dec.add_(shift)
 
     # ---- files ------------------------------------------------------------------------------------

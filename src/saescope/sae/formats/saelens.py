@@ -29,7 +29,12 @@ _FROM_SAELENS_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"
 _TO_SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu", "gated": "gated"}
 _NORMALIZE = {"none": "none", None: "none", "layer_norm": "layer_norm", "constant_norm_rescale": "constant_norm_rescale",
               "expected_average_only_in": "none"}
-_META_KEYS = ("model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size", "dataset_path", "neuronpedia_id")
+_META_KEYS = ("model_name", "hook_name", "hook_head_index", "prepend_bos", "context_size", "dataset_path", "neuronpedia_id",
+              "hook_name_out", "hook_head_index_out")
+# SAELens's transcoder classes: (saescope architecture, skip) -> SAELens architecture
+_TO_SAELENS_TRANSCODER = {("relu", False): "transcoder", ("relu", True): "skip_transcoder",
+                          ("jumprelu", False): "jumprelu_transcoder", ("jumprelu", True): "jumprelu_skip_transcoder",
+                          ("batchtopk", False): "jumprelu_transcoder", ("batchtopk", True): "jumprelu_skip_transcoder"}
 
 
 def detect(path: Path) -> bool:
@@ -156,14 +161,19 @@ def native_cfg_dict(cfg: SAEConfig) -> dict:
         kw["center_writing_weights"] = True
         meta["model_from_pretrained_kwargs"] = kw
     hook = m.hook_name or ""
+    arch = _TO_SAELENS_ARCH[cfg.architecture]
+    if cfg.is_transcoder:  # SAELens has no TopK or gated transcoder class: those are readable by saescope only
+        arch = _TO_SAELENS_TRANSCODER.get((cfg.architecture, cfg.skip), f"{cfg.architecture}_transcoder")
     out = {
-        "architecture": _TO_SAELENS_ARCH[cfg.architecture], "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": cfg.dtype,
+        "architecture": arch, "d_in": cfg.d_in, "d_sae": cfg.d_sae, "dtype": cfg.dtype,
         "device": "cpu", "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "normalize_activations": cfg.input_transform if cfg.input_transform in ("layer_norm", "constant_norm_rescale") else "none",
         "reshape_activations": "hook_z" if hook.endswith("hook_z") else "none",
     }
     if cfg.architecture == "topk":
         out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+    if cfg.is_transcoder:
+        out["d_out"] = cfg.d_out
     out["metadata"] = meta
     out["saescope"] = cfg.to_dict()
     return out
