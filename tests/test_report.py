@@ -163,9 +163,12 @@ def test_cofiring_matches_dense_cooccurrence(built, reference):
 
 
 def test_logit_lens_matches_hf_unembedding(built, rep_lm, rep_sae):
+    """The store's logit lens is the one every surface uses: the direction read as HF's final LayerNorm reads the
+    residual (centred, times its gain; its scale is common to all tokens), then HF's unembedding."""
     stats, _ = built
     W_U = rep_lm.hf_model.lm_head.weight.detach().T                      # [d_model, d_vocab], from HF directly
-    logits = rep_sae.W_dec.detach() @ W_U
+    d = rep_sae.W_dec.detach()
+    logits = ((d - d.mean(-1, keepdim=True)) * rep_lm.hf_model.transformer.ln_f.weight.detach()) @ W_U
     for rec in stats.records[:20]:
         top = logits[rec.index].topk(CFG.logit_k)
         assert [v for _, v in rec.pos_logits] == pytest.approx(top.values.tolist(), abs=1e-4)

@@ -103,7 +103,7 @@ def _generate(args, method: str) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..interp import load_labels
+    from ..site import load_labels
 
     labels = load_labels(sae)
     what = ", ".join(f"{iv.method} " + (" ".join(f"{w:+g}*{f}" for f, w in zip(iv.features, iv.weights))
@@ -172,9 +172,15 @@ def _attribute(args) -> int:
 # ---------------------------------------------------------------------------------------------- feature
 def _feature(args) -> int:
     from ..interp import feature_info
+    from ..report.store import FeatureStore
 
     lm, sae = _load(args)
-    info = feature_info(lm, sae, args.index, k=args.top)
+    store = FeatureStore.for_sae(sae, args.store, lm=lm, allow_mismatch=args.allow_mismatch)
+    try:
+        info = feature_info(lm, sae, args.index, k=args.top, store=store)
+    finally:
+        if store is not None:
+            store.close()
     if args.json:
         print_json({"model": lm.name, "sae": _spec(args), **info.to_dict()})
         return 0
@@ -268,5 +274,8 @@ def register(sub) -> None:
     p = sub.add_parser("feature", help="logit lens, top contexts, label and Neuronpedia URL of one feature")
     p.add_argument("index", type=bounded_int(0, 2**31 - 1))
     p.add_argument("--top", type=bounded_int(1, 1000), default=10, help="tokens in the logit lens")
+    p.add_argument("--store", default=None, help="feature statistics (features.sqlite; default: beside the SAE)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="use a feature store built for another SAE anyway (a warning instead of an error)")
     add_model_args(p)
     p.set_defaults(handler=_feature)

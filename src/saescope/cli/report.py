@@ -42,7 +42,7 @@ def _serve(args) -> int:
     sock = bind_socket(args.host, args.port)          # a busy port fails before the model loads
     lm = load_model(args)
     sae = load_sae(args, lm)
-    store = FeatureStore.for_sae(sae, args.store)
+    store = FeatureStore.for_sae(sae, args.store, lm=lm, allow_mismatch=args.allow_mismatch)
     from ..assets import TINY_DEFAULT_SAE, TINY_MODEL_NAME
 
     app = create_app(lm, sae, args.sae or f"{TINY_MODEL_NAME}:{TINY_DEFAULT_SAE}", store, cfg)
@@ -76,6 +76,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=bounded_int(0, 65535), default=8000, help="port (default 8000; 0 = any free port)")
     p.add_argument("--store", default=None, help="features.sqlite to show (default: the one beside the SAE, if any)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="serve a feature store built for another SAE anyway (a warning instead of an error)")
     p.add_argument("--max-text-chars", type=bounded_int(1, 10**6), default=4000, help="cap on text/prompt length")
     p.add_argument("--max-new-tokens", type=bounded_int(1, 1024), default=128, help="cap on generated tokens per request")
     p.add_argument("--max-concurrent-generations", type=bounded_int(1, 64), default=2,

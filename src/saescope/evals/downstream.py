@@ -9,6 +9,10 @@ Two passes over the same fixed-length token contexts:
    over the evaluated tokens, at every position). CE is the next-token loss predicted *from* evaluated tokens;
    KL(p_clean ‖ p_run) is averaged over evaluated tokens.
 
+For a **transcoder** the metrics are those of its prediction of the output hook: reconstruction statistics of
+``y`` (the activation at ``hook_name_out``, e.g. ``hook_mlp_out``) against ``decode(encode(x)) + skip``, and
+downstream the module's output replaced by the prediction (ablations replace that output).
+
 Evaluated tokens: all tokens, minus BOS and the other special tokens (EOS, PAD: document separators) when
 ``exclude_bos`` (the default). These conventions are SAELens's (``sae_lens.evals.get_recons_loss`` with its
 special-token mask), so ``ce_loss_recovered`` and ``kl_score`` against zero-ablation coincide with its
@@ -16,6 +20,7 @@ special-token mask), so ``ce_loss_recovered`` and ``kl_score`` against zero-abla
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -28,6 +33,7 @@ import torch
 
 from ..errors import ConfigError, InputError, NumericsError
 from ..progress import progress
+from ..site import attach, check_finite, sae_name
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -98,35 +104,6 @@ class EvalResult:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# where the SAE reads and writes: [b, pos, d] hooks, and attn.hook_z [b, pos, n_heads, d_head]
-# ----------------------------------------------------------------------------------------------------------
-
-def _to_sae(act: torch.Tensor, head: int | None) -> torch.Tensor:
-    """Hook activation -> SAE input. ``[b, pos, d] -> [b, pos, d]``; ``[b, pos, h, dh] -> [b, pos, h*dh]`` (or
-    ``[b, pos, dh]`` for one head)."""
-    if act.dim() == 4:
-        return act[:, :, head] if head is not None else act.flatten(-2)
-    return act
-
-
-def _from_sae(new: torch.Tensor, act: torch.Tensor, head: int | None) -> torch.Tensor:
-    """Inverse of `_to_sae`: put ``new`` back into an activation shaped like ``act``."""
-    new = new.to(act.dtype)
-    if act.dim() == 4:
-        if head is not None:
-            out = act.clone()
-            out[:, :, head] = new
-            return out
-        return new.reshape(act.shape)
-    return new
-
-
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(t).all():
-        raise NumericsError(f"{what} contains NaN or inf; check the model and SAE weights and their dtype")
-
-
-# ----------------------------------------------------------------------------------------------------------
 # tokens
 # ----------------------------------------------------------------------------------------------------------
 
@@ -150,39 +127,31 @@ def _special_ids(lm) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _sae_name(sae) -> str:
-    meta = sae.cfg.metadata
-    if meta.release and meta.sae_id:
-        return f"{meta.release}:{meta.sae_id}"
-    if getattr(sae, "path", None):
-        return str(sae.path)
-    return f"{sae.cfg.architecture}-{sae.cfg.d_sae}"
+class _Splice:
+    """The edits of one downstream pass, for ``LanguageModel.intervene``: the SAE's output hook gets
+    ``fn(y [..., width] raw) -> new raw value`` where ``mask [b, pos]`` is set (the SAE's prediction, or an
+    ablation). A transcoder's input is read at its input hook first."""
+
+    def __init__(self, att, replace):
+        self.att, self.replace, self.x = att, replace, None
+
+    def read(self, act, ctx=None):
+        self.x = self.att.sae_input(act)
+        return None
+
+    def write(self, act, ctx=None):
+        port = self.att.site.write_port
+        x = self.x if self.att.is_transcoder else self.att.sae_input(act)
+        return port.replace(act, self.replace(port.select(act), x))
+
+    def edits(self) -> dict:
+        site = self.att.site
+        return {site.hook: self.read, site.hook_out: self.write} if self.att.is_transcoder else {site.hook: self.write}
 
 
-# the hook edits take exactly one argument: LanguageModel.intervene passes a HookContext to two-argument functions
-def _splice_fn(sae, head: int | None, mask: torch.Tensor):
-    """x -> x̂ at the evaluated tokens (``mask [b, pos]``), x elsewhere."""
-    def splice(act):
-        x = _to_sae(act, head)
-        x_hat = sae(x.to(device=sae.device, dtype=sae.dtype)).to(device=x.device, dtype=x.dtype)
-        _check_finite(x_hat[mask], f"SAE {_sae_name(sae)} reconstruction")
-        return _from_sae(torch.where(mask[..., None], x_hat, x), act, head)
-    return splice
-
-
-def _zero_fn(head: int | None):
-    """x -> 0 at every position."""
-    def zero(act):
-        return _from_sae(torch.zeros_like(_to_sae(act, head)), act, head)
-    return zero
-
-
-def _mean_fn(mean_x: torch.Tensor, head: int | None):
-    """x -> mean_x ``[d_in]`` at every position."""
-    def mean(act):
-        x = _to_sae(act, head)
-        return _from_sae(mean_x.to(device=x.device, dtype=x.dtype).expand_as(x), act, head)
-    return mean
+def _prediction(att, x: torch.Tensor) -> torch.Tensor:
+    """The SAE's reconstruction (a transcoder's prediction) in raw space: ``[..., d_in] -> [..., d_out]``."""
+    return att.site.write_port.to_raw(att.sae(x))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,10 +172,12 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     per batch). split / column: for dataset names and files (``iter_texts``). Returns an `EvalResult`; raises `NumericsError` on NaN/inf activations or reconstructions."""
     t0 = time.perf_counter()
     meta = sae.cfg.metadata
-    hook = hook or meta.hook_name
-    if not hook:
+    if hook is not None and hook != meta.hook_name:
+        sae = copy.copy(sae)                 # the same tensors, another hook in the metadata: a shallow copy
+        sae.cfg = sae.cfg.replace(metadata={"hook_name": hook})
+    if not sae.cfg.metadata.hook_name:
         raise ConfigError("the SAE's metadata has no hook_name; pass hook=... (CLI: --hook)")
-    head = meta.hook_head_index
+    att = attach(lm, sae)
     if not isinstance(tokens, int) or tokens < 1:
         raise InputError(f"tokens must be a positive integer, got {tokens!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -218,19 +189,8 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
         context_size = min(meta.context_size or DEFAULT_CONTEXT_SIZE, n_ctx)
     if not 2 <= context_size <= n_ctx:
         raise InputError(f"context_size {context_size} must be between 2 and the model's n_ctx {n_ctx}")
-    width = lm.hook_width(hook)  # an unknown hook raises HookError listing the valid names
-    if "hook_z" in hook and head is None:
-        width *= lm.info.n_heads
-    if width != sae.d_in:
-        raise ConfigError(f"SAE d_in={sae.d_in} does not match the width {width} of hook {hook} on model {lm.name}; "
-                          f"use an SAE made for this hook")
-    from ..interp.compat import apply_model_conventions
-
-    apply_model_conventions(lm, sae)  # e.g. hook_z SAEs trained on TransformerLens's processed z
-    prepend_bos = meta.prepend_bos if meta.prepend_bos is not None else lm.info.default_prepend_bos
-
     ids_all = _token_contexts(lm, texts_or_dataset, math.ceil(tokens / context_size), context_size,
-                              prepend_bos, seed, split=split, column=column)
+                              att.prepend_bos, seed, split=split, column=column)
     if len(ids_all) * context_size < tokens:
         log.warning("the dataset gave %d contexts of %d tokens, fewer than the %d tokens asked for",
                     len(ids_all), context_size, tokens)
@@ -240,34 +200,36 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
         raise InputError("no token left to evaluate after excluding BOS/special tokens; give more text")
     batches = [(ids_all[i:i + batch_size], mask_all[i:i + batch_size]) for i in range(0, len(ids_all), batch_size)]
     with progress(total=len(batches) * (2 if downstream else 1), desc="eval", unit="batch") as bar:
-        result = _evaluate(lm, sae, hook, head, batches, bar, downstream, name, exclude_bos, context_size)
+        result = _evaluate(att, batches, bar, downstream, name or sae_name(sae), exclude_bos, context_size)
     result.seconds = time.perf_counter() - t0
     log.info("evaluated %s on %d tokens in %.1fs: L0 %.1f, EV %.3f, CE recovered %.3f", result.sae, result.tokens,
              result.seconds, result.l0, result.explained_variance, result.ce_loss_recovered)
     return result
 
 
-def _evaluate(lm, sae, hook, head, batches, bar, downstream, name, exclude_bos, context_size) -> EvalResult:
+def _evaluate(att, batches, bar, downstream, name, exclude_bos, context_size) -> EvalResult:
+    lm, sae = att.lm, att.sae
     device = lm.device
+    port = att.site.write_port
+    hooks = list(dict.fromkeys([att.hook, att.hook_out]))
 
-    # ---- pass 1: reconstruction, forward stopped after the hook -----------------------------------------
+    # ---- pass 1: reconstruction, forward stopped after the (output) hook ---------------------------------
     stats = M.ReconstructionStats(d_sae=sae.d_sae)
     for ids, mask in batches:
-        act = lm.run(ids.to(device), capture=hook)[hook]
-        x = _to_sae(act, head)
-        _check_finite(x, f"model {lm.name} activation at {hook}")
-        x = x.to(device=sae.device, dtype=sae.dtype)
+        acts = lm.run(ids.to(device), capture=hooks)
+        x = att.sae_input(acts[att.hook])
         f, state = sae.encode_with_state(x)
-        x_hat = sae.decode(f, state)
-        m = mask.to(x.device)
-        x, x_hat, f = x[m], x_hat[m], f[m]
-        _check_finite(x_hat, f"SAE {_sae_name(sae)} reconstruction")
-        stats.update(x, x_hat, f)
+        y_hat = port.to_raw(sae.decode(f, state) + (sae.skip_term(x) if sae.cfg.skip else 0))
+        y = port.select(acts[att.hook_out]).to(y_hat)
+        m = mask.to(y.device)
+        y, y_hat, f = y[m], y_hat[m], f[m]
+        check_finite(y_hat, f"SAE {name} reconstruction")
+        stats.update(y, y_hat, f)
         bar.update(1)
 
     density = stats.feature_density
     result = EvalResult(
-        model=lm.name, sae=name or _sae_name(sae), hook=hook, tokens=stats.n, contexts=sum(len(b[0]) for b in batches),
+        model=lm.name, sae=name, hook=att.hook_out, tokens=stats.n, contexts=sum(len(b[0]) for b in batches),
         context_size=context_size, exclude_bos=exclude_bos, d_sae=sae.d_sae,
         l0=stats.l0, l1=stats.l1, explained_variance=stats.explained_variance, fvu=stats.fvu, mse=stats.mse,
         sse_per_token=stats.sse_per_token, cosine_similarity=stats.cosine_similarity, l2_ratio=stats.l2_ratio,
@@ -279,18 +241,24 @@ def _evaluate(lm, sae, hook, head, batches, bar, downstream, name, exclude_bos, 
 
     # ---- pass 2: downstream CE / KL ------------------------------------------------------------------
     if downstream:
-        mean_x = stats.mean.to(device=sae.device, dtype=sae.dtype)
+        mean_y = stats.mean
         ds = M.DownstreamStats()
         for ids, mask in batches:
             ids_d, m = ids.to(device), mask.to(device)
 
-            splice, zero, mean = _splice_fn(sae, head, m), _zero_fn(head), _mean_fn(mean_x, head)
+            def splice(y, x, m=m):
+                y_hat = _prediction(att, x).to(y)
+                check_finite(y_hat[m], f"SAE {name} reconstruction")
+                return torch.where(m[..., None], y_hat, y)
+
             clean = lm(ids_d)
-            _check_finite(clean, f"model {lm.name} logits")
+            check_finite(clean, f"model {lm.name} logits")
             ce_mask = m[:, :-1]
             ds.add("clean", M.cross_entropy(clean, ids_d)[ce_mask])
-            for key, fn in (("sae", splice), ("zero", zero), ("mean", mean)):
-                with lm.intervene({hook: fn}):
+            runs = (("sae", splice), ("zero", lambda y, x: torch.zeros_like(y)),
+                    ("mean", lambda y, x: mean_y.to(y).expand_as(y)))
+            for key, fn in runs:
+                with lm.intervene(_Splice(att, fn).edits()):
                     logits = lm(ids_d)
                 ds.add(key, M.cross_entropy(logits, ids_d)[ce_mask])
                 ds.add("kl_" + key, M.kl_divergence(clean, logits)[m])

@@ -1,5 +1,5 @@
-"""Reading, steering and attribution with SAE features (the "use" layer: imports saescope.lm and saescope.sae
-objects only through the instances it is given).
+"""Reading, steering and attribution with SAE features (the "use" layer). Models and SAEs meet only through
+the attach layer (``saescope.site``).
 
     from saescope.interp import read_features, generate_steered, Intervention
     [r] = read_features(lm, sae, "The cat sat", top_k=5)
@@ -7,10 +7,9 @@ objects only through the instances it is given).
 """
 from __future__ import annotations
 
+from ..site import check_feature, check_fits, load_labels
 from .attribute import Attribution, FeatureAttribution, direct_logit_attribution, gradient_attribution
-from .compat import check_feature, check_fits
 from .feature import FeatureInfo, TokenScore, feature_info, logit_lens, neuronpedia_url
-from .labels import load_labels
 from .read import (FeatureActivation, ReadResult, TokenFeatureStats, TokenRow, Trace, feature_trace,
                    features_on_token, read_features)
 from .steer import (Intervention, SteeringHook, SteerResult, build_interventions, generate_steered, parse_algebra,

@@ -1,10 +1,12 @@
 """Attribution of a model output to SAE features.
 
 Direct logit attribution (``direct_logit_attribution``)
-    What is decomposed: the target logit at one position, ``logit_t = LN_f(r)[pos] . W_U[:, t] + b_U[t]``,
-    where ``r`` is the final residual stream (input of the final norm) and the norm's scale is frozen at its
-    value on the real ``r`` (standard DLA). With the scale frozen the logit is linear in ``r``, and ``r`` splits
-    exactly into parts at the SAE's hook activation ``x``:
+    What is decomposed: the target logit at one position, ``logit_t = cap(N(r)[pos] . W_U[:, t] + b_U[t])``,
+    where ``r`` is the final residual stream (input of the final norm ``N``, as each family computes it; see
+    ``saescope.site.readout``) and the norm's scale is frozen at its value on the real ``r`` (standard DLA).
+    With the scale frozen the pre-cap logit ``z`` is linear in ``r``, and ``r`` splits exactly into parts at
+    the SAE's hook activation ``x`` (for a transcoder: the activation ``y`` at its output hook, predicted as
+    ``decode(f) + skip``):
 
         r = sum_f contribution_f + bias + error + rest
         contribution_f = decode(a_f e_f, s) - decode(0, s)   (= a_f * W_dec[f] in raw space for plain SAEs)
@@ -15,10 +17,13 @@ Direct logit attribution (``direct_logit_attribution``)
                                                               other components for an attn_out/mlp_out hook)
 
     so ``sum(features) + bias + error + rest + constant`` (constant = final-norm bias . W_U[:, t] + b_U[t])
-    equals the model's logit, to float32 rounding: ``|total - logit| <= 1e-4 * max(1, |logit|)`` (the
-    ``Attribution.residual`` field reports it). Feature terms are *direct* effects only: what the feature
-    writes straight to the logit, not through later layers (those are in ``rest``). Works for SAEs on
-    ``hook_resid_pre/mid/post``, ``hook_attn_out`` and ``hook_mlp_out``.
+    equals ``z``. A model that soft-caps its logits (Gemma-2: ``logit = c tanh(z / c)``) reports every term
+    scaled by ``logit / z``, so the terms still sum to the model's logit (rankings and signs unchanged;
+    ``extra["softcap"]`` records ``z`` and the factor). The total is checked against the model's own logit:
+    ``|total - logit| <= 1e-4 * max(1, |logit|)``, else a NumericsError (``Attribution.residual`` reports the
+    rounding). Feature terms are *direct* effects only: what the feature writes straight to the logit, not
+    through later layers (those are in ``rest``). Works for SAEs whose decoder writes to ``hook_resid_pre/mid/
+    post``, ``hook_attn_out`` or ``hook_mlp_out`` (transcoders: their output hook).
 
 Gradient attribution patching (``gradient_attribution``)
     The SAE is spliced into the forward pass as ``x' = decode(a, s) + error``, with the feature activations
@@ -28,21 +33,18 @@ Gradient attribution patching (``gradient_attribution``)
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError
-from .compat import Site, check_finite, check_fits, tokens_for
-from .labels import load_labels
-from .read import single_token_id
+from ..site import Readout, attach, check_finite, load_labels, single_token_id
 
 log = logging.getLogger(__name__)
 
 DLA_RTOL = 1e-4
-_DLA_HOOK = re.compile(r"^blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out)$")
 
 
 @dataclass
@@ -114,32 +116,6 @@ def _final_hook(lm) -> str:
     return f"blocks.{lm.info.n_layers - 1}.hook_resid_post"
 
 
-def _frozen_norm_readout(lm, r: torch.Tensor, target_id: int) -> tuple[torch.Tensor, float]:
-    """The final norm with its scale frozen at ``r [d_model]``, then unembedding of ``target_id``.
-
-    Returns ``g [d_model]`` and ``constant`` such that ``logit = c . g + constant`` summed over any split of r.
-    """
-    norm = lm.final_norm()
-    W_U = lm.unembed_matrix().detach().double()[:, target_id]                         # [d_model]
-    r = r.double()
-    weight = getattr(norm, "weight", None)
-    u = W_U * (weight.detach().double() if weight is not None else 1.0)
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
-    is_layer_norm = isinstance(norm, torch.nn.LayerNorm) or type(norm).__name__ in ("LayerNorm", "LayerNormPre")
-    if is_layer_norm:
-        scale = torch.sqrt(((r - r.mean()) ** 2).mean() + eps)
-        g = (u - u.mean()) / scale
-    else:   # RMSNorm
-        scale = torch.sqrt((r ** 2).mean() + eps)
-        g = u / scale
-    bias = getattr(norm, "bias", None)
-    constant = float(bias.detach().double() @ W_U) if bias is not None else 0.0
-    out = lm.hf_model.get_output_embeddings() if hasattr(lm.hf_model, "get_output_embeddings") else None
-    if out is not None and getattr(out, "bias", None) is not None:
-        constant += float(out.bias.detach().double()[target_id])
-    return g, constant
-
-
 def _target(lm, target, logits_row: torch.Tensor) -> tuple[int, str]:
     if target is None:
         tid = int(logits_row.argmax())
@@ -153,47 +129,59 @@ def direct_logit_attribution(lm, sae, text: str, target_token=None, position: in
     """Direct logit attribution of every active feature at ``position`` to ``target_token`` (a single-token string
     or id; default: the model's top prediction there). See the module docstring for exactly what is decomposed.
     """
-    check_fits(lm, sae)
-    site = Site.of(sae)
-    if not _DLA_HOOK.match(site.hook) or lm.hook_width(site.hook) != lm.info.d_model:
-        raise InputError(f"direct logit attribution needs an SAE on a residual-stream, attn_out or mlp_out hook; "
-                         f"this SAE reads {site.hook} (use gradient attribution instead)")
-    ids = tokens_for(lm, sae, text, prepend_bos).to(lm.device)
+    att = attach(lm, sae)
+    if prepend_bos is not None:
+        att = dataclasses.replace(att, prepend_bos=bool(prepend_bos))
+    if not att.in_residual_basis:
+        raise InputError(f"direct logit attribution needs an SAE whose decoder writes to a residual-stream, attn_out "
+                         f"or mlp_out hook; this one writes to {att.hook_out} (use gradient attribution instead)")
+    ids = att.tokens(text)
     pos = _position(position, ids.shape[1])
     final = _final_hook(lm)
-    out = lm.run(ids, capture=[site.hook, final], return_logits=True)
+    out = lm.run(ids, capture=list(dict.fromkeys([att.hook, att.hook_out, final])), return_logits=True)
     for name, t in out.items():
         check_finite(t[0, : pos + 1], f"model {lm.name} at {name}")
     logits_row = out["logits"][0, pos]
     tid, tstr = _target(lm, target_token, logits_row)
-    x = out[site.hook][0, pos].to(sae.device, sae.dtype)[None]                          # [1, d_in]
+    readout = Readout(lm)
     r = out[final][0, pos]                                                             # [d_model]
-    g, constant = _frozen_norm_readout(lm, r, tid)
+    g, constant = readout.frozen(r, tid)
     g_sae = g.to(sae.device)
 
+    x = att.sae_input(out[att.hook][:, pos:pos + 1])[0]                                # [1, d_in]
+    y = att.site.write_port.to_sae(out[att.hook_out][:, pos:pos + 1])[0].to(sae.device, sae.dtype)   # [1, d_out]
     f, state = sae.encode_with_state(x)                                                # [1, d_sae]
-    check_finite(f, f"the SAE on {site.hook} (feature activations)")
-    zero = sae.decode(torch.zeros_like(f), state)                                      # [1, d_in]
-    x_hat = sae.decode(f, state)
-    active = torch.nonzero(f[0] > 0).flatten() if sae.cfg.architecture != "gated" else torch.nonzero(f[0] != 0).flatten()
+    check_finite(f, f"the SAE on {att.hook} (feature activations)")
+    zero = sae.decode(torch.zeros_like(f), state)                                      # [1, d_out]
+    skip = sae.skip_term(x)
+    if skip is not None:
+        zero = zero + skip                                                             # the skip path: a bias here
+    y_hat = sae.decode(f, state) + (skip if skip is not None else 0)
+    active = torch.nonzero(f[0] != 0).flatten()
     labels = load_labels(sae)
-    feats: list[FeatureAttribution] = []
+    terms: list[tuple[int, float, float]] = []
     for start in range(0, active.numel(), chunk):
         idx = active[start:start + chunk]
         onehot = torch.zeros(idx.numel(), f.shape[-1], dtype=f.dtype, device=f.device)
         onehot[torch.arange(idx.numel()), idx] = f[0, idx]
-        contrib = sae.decode(onehot, state) - zero                                     # [n, d_in]
+        contrib = sae.decode(onehot, state) - sae.decode(torch.zeros_like(onehot), state)   # [n, d_out]
         attr = contrib.double() @ g_sae
-        for i, a in zip(idx.tolist(), attr.tolist()):
-            feats.append(FeatureAttribution(i, a, float(f[0, i]), None, labels.get(i)))
-    feats.sort(key=lambda fa: -abs(fa.attribution))
+        terms += [(i, a, float(f[0, i])) for i, a in zip(idx.tolist(), attr.tolist())]
     bias = float(zero[0].double() @ g_sae)
-    error = float((x - x_hat)[0].double() @ g_sae)
-    rest = float((r.double() - x[0].to(r.device).double()) @ g)
-    total = sum(fa.attribution for fa in feats) + bias + error + rest + constant
+    error = float((y - y_hat)[0].double() @ g_sae)
+    rest = float((r.double() - y[0].to(r.device).double()) @ g.to(r.device))
+    z = sum(a for _, a, _ in terms) + bias + error + rest + constant
     value = float(logits_row[tid])
-    return Attribution("dla", text, site.hook, lm.to_str_tokens(ids[0]), pos, tstr, tid, value, feats, error,
-                       bias, rest, constant, total)
+    readout.check(z, value, f"position {pos} of {text[:40]!r}")
+    factor, extra = 1.0, {}
+    if readout.facts.softcap:
+        factor = value / z if z != 0 else 1.0
+        extra["softcap"] = {"cap": readout.facts.softcap, "pre_cap_logit": z, "factor": factor}
+    feats = [FeatureAttribution(i, a * factor, act, None, labels.get(i)) for i, a, act in terms]
+    feats.sort(key=lambda fa: -abs(fa.attribution))
+    total = sum(fa.attribution for fa in feats) + (bias + error + rest + constant) * factor
+    return Attribution("dla", text, att.hook_out, lm.to_str_tokens(ids[0]), pos, tstr, tid, value, feats,
+                       error * factor, bias * factor, rest * factor, constant * factor, total, extra)
 
 
 def _metric_fn(lm, metric, pos: int, logits_probe: torch.Tensor):
@@ -213,35 +201,54 @@ def gradient_attribution(lm, sae, text: str, metric=None, position: int = -1,
     logit at ``position`` is the metric, or None for the model's top prediction at ``position``.
     ``Attribution.extra["error_by_position"]`` lists the error node per position.
     """
-    check_fits(lm, sae)
-    site = Site.of(sae)
-    ids = tokens_for(lm, sae, text, prepend_bos).to(lm.device)
+    att = attach(lm, sae)
+    if prepend_bos is not None:
+        att = dataclasses.replace(att, prepend_bos=bool(prepend_bos))
+    site = att.site
+    ids = att.tokens(text)
     pos = _position(position, ids.shape[1])
     nodes = {}
 
-    def splice(act, ctx=None):
-        x = site.to_sae(act)
+    def read(act):
+        """SAE: the features of the activation at the hook; transcoder: of its input hook (kept for the output)."""
         with torch.no_grad():
-            xs = x.detach().to(sae.device, sae.dtype)
+            xs = site.to_sae(act).detach().to(sae.device, sae.dtype)
             f, state = sae.encode_with_state(xs)
-            err = xs - sae.decode(f, state)
+            skip = sae.skip_term(xs)
+        nodes.update(code=(f, state, skip))
+
+    def splice(act, ctx=None):
+        """``y' = decode(f) (+ skip) + error`` with the features and the error as leaves (``y' == y``)."""
+        if site.out is None:
+            read(act)
+        f, state, skip = nodes["code"]
+        port = site.write_port
+        y = port.to_sae(act).detach().to(sae.device, sae.dtype)
+        with torch.no_grad():
+            err = y - sae.decode(f, state) - (skip if skip is not None else 0)
         f_leaf = f.detach().clone().requires_grad_(True)
         err_leaf = err.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            x_new = sae.decode(f_leaf, state) + err_leaf
+            y_new = sae.decode(f_leaf, state) + (skip if skip is not None else 0) + err_leaf
         nodes.update(f=f_leaf, err=err_leaf)
-        return site.from_sae(x_new.to(x.device, x.dtype), act)
+        return port.from_sae(y_new, act)
+
+    def read_input(act, ctx=None):
+        read(act)
+        return None
+
+    edits = {site.hook: splice} if site.out is None else {site.hook: read_input, site.hook_out: splice}
 
     with torch.no_grad():
         probe = lm(ids) if not callable(metric) else None
     fn, tstr, tid = _metric_fn(lm, metric, pos, probe) if probe is not None else (metric, None, None)
-    with torch.enable_grad(), lm.intervene({site.hook: splice}):
+    with torch.enable_grad(), lm.intervene(edits):
         logits = lm(ids, grad=True)
         value = fn(logits)
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise InputError("the metric must return a single number (a 0-d tensor) from the logits")
         if "f" not in nodes:
-            raise InputError(f"the forward pass never reached {site.hook}")
+            raise InputError(f"the forward pass never reached {site.hook_out}")
         f, err = nodes["f"], nodes["err"]
         check_finite(value.detach(), "the metric")
         check_finite(f.detach(), f"the SAE on {site.hook} (feature activations)")
@@ -258,6 +265,6 @@ def gradient_attribution(lm, sae, text: str, metric=None, position: int = -1,
              for p, i in nz.tolist()]
     feats.sort(key=lambda fa: -abs(fa.attribution))
     total = sum(fa.attribution for fa in feats) + float(err_attr.sum())
-    return Attribution("gradient", text, site.hook, lm.to_str_tokens(ids[0]), pos, tstr, tid, float(value.detach()),
+    return Attribution("gradient", text, site.hook_out, lm.to_str_tokens(ids[0]), pos, tstr, tid, float(value.detach()),
                        feats, float(err_attr.sum()), total=total,
                        extra={"error_by_position": err_attr.tolist()})

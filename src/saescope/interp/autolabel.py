@@ -10,14 +10,13 @@ Labels are written beside the SAE as ``labels.json`` (``{"<index>": "label"}``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_text
 from ..progress import progress
-from .feature import logit_lens_topk
+from ..site import attach, logit_lens
 
 
 def _clean(token: str) -> str:
@@ -34,14 +33,13 @@ def activation_mass_by_token(lm, sae, contexts: torch.Tensor, batch_size: int = 
     where fires counts the tokens on which each feature was active; unused slots have token id -1.
     Accumulates sparse (feature, token) pairs, so memory scales with active entries, not d_sae × vocab.
     """
-    hook = sae.cfg.metadata.hook_name
+    att = attach(lm, sae)
     vocab = lm.info.d_vocab
     keys, weights = [], []
     fires = torch.zeros(sae.d_sae, dtype=torch.long)
     for start in progress(range(0, len(contexts), batch_size), desc="labels", unit="batch"):
         ids = contexts[start:start + batch_size].to(lm.device)
-        acts = lm.run(ids, capture=[hook])[hook]
-        feats = sae.encode(acts.to(sae.dtype))  # [b, pos, d_sae]
+        feats = att.features(ids)  # [b, pos, d_sae]
         if exclude_bos and lm.info.bos_token_id is not None:
             feats = feats * (ids != lm.info.bos_token_id).unsqueeze(-1).to(feats.dtype)
         b, p, f = feats.nonzero(as_tuple=True)
@@ -72,20 +70,23 @@ def activation_mass_by_token(lm, sae, contexts: torch.Tensor, batch_size: int = 
 
 @torch.no_grad()
 def logit_lens_top(lm, sae, top: int = 2) -> torch.Tensor:
-    """Token ids each feature's decoder direction promotes most: [d_sae, top] (through W_U, no bias)."""
-    return logit_lens_topk(sae.feature_directions().detach(), lm.unembed_matrix().detach(), top)[1]
+    """Token ids each feature's decoder direction promotes most: [d_sae, top] (the one logit lens)."""
+    return logit_lens(lm, sae.feature_directions().detach(), top).pos_ids
 
 
 def make_labels(lm, sae, contexts: torch.Tensor, batch_size: int = 64) -> dict[int, str]:
     """A short label for every feature (see the module docstring). Features that never fired are "dead"."""
     tok, _, fires = activation_mass_by_token(lm, sae, contexts, batch_size=batch_size)
-    promoted = logit_lens_top(lm, sae)
+    promoted = logit_lens_top(lm, sae) if attach(lm, sae).in_residual_basis else None
     labels = {}
     for f in range(sae.d_sae):
         if fires[f] == 0:
             labels[f] = "dead"
             continue
         on = " · ".join(_clean(lm.to_string(torch.tensor([t]))) for t in tok[f].tolist() if t >= 0)
+        if promoted is None:   # a decoder outside the residual basis has no logit lens
+            labels[f] = on
+            continue
         to = ", ".join(_clean(lm.to_string(torch.tensor([t]))) for t in promoted[f].tolist())
         labels[f] = f"{on} → {to}"
     return labels
@@ -94,8 +95,5 @@ def make_labels(lm, sae, contexts: torch.Tensor, batch_size: int = 64) -> dict[i
 def save_labels(labels: dict[int, str], sae_dir: str | Path) -> Path:
     """Write labels.json beside an SAE, atomically."""
     path = Path(sae_dir) / "labels.json"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labels-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({str(k): v for k, v in sorted(labels.items())}, fh, ensure_ascii=False, indent=0)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({str(k): v for k, v in sorted(labels.items())}, ensure_ascii=False, indent=0))
     return path

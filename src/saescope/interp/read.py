@@ -4,21 +4,21 @@
     feature_trace(lm, sae, text, features) -> Trace             chosen features' activations per token
     features_on_token(lm, sae, texts, tok) -> TokenFeatureStats which features fire on one token across texts
 
-All go through ``sae.encode`` on the raw hook activation, so the SAE's input transform (e.g. TransformerLens's
-centering for GPT-2 SAEs) is applied exactly as in training. Texts are tokenized with the SAE's
-``metadata.prepend_bos`` unless ``prepend_bos`` is given; a prepended BOS is an ordinary row of the result.
+All read features through the attach layer (``saescope.site.attach``): the SAE's input transform (e.g.
+TransformerLens's centering for GPT-2 SAEs) and any model convention are applied exactly as in training, and
+texts are tokenized with the SAE's ``prepend_bos``; a prepended BOS is an ordinary row of the result. For a
+transcoder, the features are those its encoder reads at its input hook.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError
-from ..progress import progress
-from .compat import Site, check_feature, check_finite, check_fits, tokens_for
-from .labels import load_labels
+from ..site import attach, load_labels, single_token_id
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,6 @@ class TokenFeatureStats:
                 "features": [vars(f) for f in self.features]}
 
 
-@torch.no_grad()
-def encode_tokens(lm, sae, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Feature activations of token ids: LongTensor ``[b, pos]`` -> ``[b, pos, d_sae]`` (on the SAE's device)."""
-    site = Site.of(sae)
-    acts = lm.run(ids, capture=site.hook, attention_mask=attention_mask)[site.hook]
-    check_finite(acts, f"model {lm.name} at {site.hook}")
-    x = site.to_sae(acts).to(device=sae.device, dtype=sae.dtype)
-    return check_finite(sae.encode(x), f"the SAE on {site.hook} (feature activations)")
-
-
 def _as_list(texts) -> list[str]:
     if isinstance(texts, str):
         return [texts]
@@ -118,22 +108,6 @@ def _as_list(texts) -> list[str]:
     if not texts:
         raise InputError("no texts given; pass at least one text")
     return texts
-
-
-def _encode_texts(lm, sae, texts: list[str], prepend_bos, batch_size: int = 16):
-    """Yield (text, ids [pos], f [pos, d_sae]) per text, running the model in right-padded batches."""
-    token_lists = [tokens_for(lm, sae, t, prepend_bos)[0] for t in texts]
-    for start in progress(range(0, len(texts), batch_size), desc="reading", unit="batch"):
-        chunk = token_lists[start:start + batch_size]
-        width = max(len(t) for t in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for row, t in enumerate(chunk):
-            ids[row, :len(t)] = t
-            mask[row, :len(t)] = 1
-        f = encode_tokens(lm, sae, ids.to(lm.device), mask.to(lm.device) if len(chunk) > 1 else None)
-        for row, t in enumerate(chunk):
-            yield texts[start + row], t, f[row, :len(t)].float().cpu()
 
 
 def read_features(lm, sae, texts, top_k: int = 5, prepend_bos: bool | None = None,
@@ -144,14 +118,12 @@ def read_features(lm, sae, texts, top_k: int = 5, prepend_bos: bool | None = Non
     the token's L0; per text: mean L0 and the % of features active anywhere. ``labels`` defaults to the
     ``labels.json`` beside the SAE.
     """
-    check_fits(lm, sae)
+    att = _attached(lm, sae, prepend_bos)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise InputError(f"top_k must be an integer between 1 and {MAX_TOP_K}, got {top_k!r}")
     labels = load_labels(sae) if labels is None else labels
-    pb = bool(sae.cfg.metadata.prepend_bos) if prepend_bos is None else prepend_bos
-    hook = Site.of(sae).hook
     results = []
-    for text, ids, f in _encode_texts(lm, sae, _as_list(texts), prepend_bos):
+    for text, ids, f in att.encode_texts(_as_list(texts)):
         k = min(top_k, f.shape[-1])
         vals, idx = torch.topk(f, k, dim=-1)
         strs = lm.to_str_tokens(ids)
@@ -162,38 +134,20 @@ def read_features(lm, sae, texts, top_k: int = 5, prepend_bos: bool | None = Non
             feats = [FeatureActivation(int(i), float(v), labels.get(int(i)))
                      for v, i in zip(vals[p].tolist(), idx[p].tolist()) if v > 0]
             rows.append(TokenRow(p, strs[p], int(ids[p]), feats, int(l0[p])))
-        results.append(ReadResult(text, hook, rows, pb, float(l0.float().mean()),
+        results.append(ReadResult(text, att.hook, rows, att.prepend_bos, float(l0.float().mean()),
                                   100.0 * float(active.any(0).float().mean())))
     return results
 
 
 def feature_trace(lm, sae, text: str, features, prepend_bos: bool | None = None) -> Trace:
     """Activations of the chosen ``features`` (int or list of ints) on every token of ``text`` -> Trace ``[pos, n]``."""
-    check_fits(lm, sae)
+    att = _attached(lm, sae, prepend_bos)
     feats = [features] if isinstance(features, int) else list(features)
     if not feats:
         raise InputError("no features given; pass at least one feature index")
-    feats = [check_feature(sae, i) for i in feats]
-    (_, ids, f), = _encode_texts(lm, sae, [text], prepend_bos)
-    return Trace(text, Site.of(sae).hook, lm.to_str_tokens(ids), feats, f[:, feats], load_labels(sae))
-
-
-def single_token_id(lm, token) -> tuple[int, str]:
-    """A token given as an id or as a string that is exactly one token -> (id, string)."""
-    if isinstance(token, bool):
-        raise InputError(f"token must be a string or a token id, got {token!r}")
-    if isinstance(token, int):
-        vocab = lm.info.d_vocab
-        if not 0 <= token < vocab:
-            raise InputError(f"token id {token} is out of range (vocabulary size {vocab})")
-        return token, lm.to_string(torch.tensor([token]))
-    if not isinstance(token, str) or token == "":
-        raise InputError("token is empty; give one token, e.g. ' the'")
-    ids = lm.to_tokens(token, prepend_bos=False).reshape(-1)
-    if ids.numel() != 1:
-        raise InputError(f"{token!r} is {ids.numel()} tokens, not one: {lm.to_str_tokens(ids)}; give a single token "
-                         "(mind the leading space)")
-    return int(ids[0]), token
+    feats = [att.check_feature(i) for i in feats]
+    (_, ids, f), = att.encode_texts([text])
+    return Trace(text, att.hook, lm.to_str_tokens(ids), feats, f[:, feats], load_labels(sae))
 
 
 def features_on_token(lm, sae, texts, token, top_k: int = 10, prepend_bos: bool | None = None) -> TokenFeatureStats:
@@ -201,12 +155,12 @@ def features_on_token(lm, sae, texts, token, top_k: int = 10, prepend_bos: bool 
 
     A monosemanticity check: a feature that fires on (nearly) every occurrence, and little elsewhere, tracks it.
     """
-    check_fits(lm, sae)
+    att = _attached(lm, sae, prepend_bos)
     token_id, token_str = single_token_id(lm, token)
     texts = _as_list(texts)
     rows = []
     n_texts = 0
-    for _, ids, f in _encode_texts(lm, sae, texts, prepend_bos):
+    for _, ids, f in att.encode_texts(texts):
         hit = ids == token_id
         if hit.any():
             n_texts += 1
@@ -220,3 +174,9 @@ def features_on_token(lm, sae, texts, token, top_k: int = 10, prepend_bos: bool 
     labels = load_labels(sae)
     stats = [TokenFeatureStat(i, float(frac[i]), float(mean[i]), labels.get(i)) for i in order[:top_k]]
     return TokenFeatureStats(token_str, token_id, acts.shape[0], n_texts, stats)
+
+
+def _attached(lm, sae, prepend_bos: bool | None):
+    """The attachment, with the caller's ``prepend_bos`` (when given) instead of the SAE's."""
+    att = attach(lm, sae)
+    return att if prepend_bos is None else dataclasses.replace(att, prepend_bos=bool(prepend_bos))

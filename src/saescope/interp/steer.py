@@ -18,10 +18,15 @@ Positions (``Intervention.positions``): ``"all"``, ``"prompt"`` (prompt tokens o
 produced by ``generate``), ``"from:N"`` (absolute positions >= N, BOS is position 0) and ``"at:N"``.
 Interventions compose: all clamp/scale/ablate edits share one encode, then the additive ones are added.
 Because the edit is a hook on ``LanguageModel.intervene``, it applies to every KV-cached generation step.
+
+With a **transcoder**, the features are read at its input hook and every change is made where its decoder
+writes, at its output hook (``hook_name_out``, e.g. ``hook_mlp_out``): ``y' = y + decode(f') - decode(f)``, the
+transcoder's error kept, and ``add`` adds the decoder direction (in the output space) there.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -29,9 +34,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .._checks import checked_int
 from ..errors import InputError
 from ..sae import SparseCode
-from .compat import Site, check_feature, check_fits, tokens_for
+from ..site import attach, check_feature
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +80,11 @@ class Intervention:
                 raise InputError(f"strength must be a finite number, got {s}")
             if abs(s) > MAX_STRENGTH:
                 raise InputError(f"strength {s:g} is absurd (|strength| > {MAX_STRENGTH:g}); use a smaller value")
-        if not _POS_RE.match(self.positions):
+        m = _POS_RE.match(self.positions) if isinstance(self.positions, str) else None
+        if m is None:
             raise InputError(f"positions must be all, prompt, generated, from:N or at:N, got {self.positions!r}")
+        if m.group(3) is not None:
+            checked_int(int(m.group(3)), f"positions {self.positions!r}: N", lo=0, hi=2**31 - 1)
         if self.weights is not None:
             w = tuple(float(x) for x in self.weights)
             if len(w) != len(feats) or not all(math.isfinite(x) for x in w):
@@ -155,19 +164,21 @@ def position_mask(spec: str, ctx, shape: tuple[int, int], device) -> torch.Tenso
 
 
 class SteeringHook:
-    """``fn(act, ctx) -> act`` for ``LanguageModel.intervene``: applies ``interventions`` at the SAE's hook.
+    """The edits of ``interventions`` for ``LanguageModel.intervene``: ``hook.edits()`` -> ``{hook name: fn}``.
 
-    Works on any leading shape ``[b, pos, ...]`` (``pos`` is 1 on KV-cached steps). ``records`` (when
-    ``record=True``) keeps ``(ctx.step, positions, delta [b, pos, d_in])`` per call, for inspection/tests.
+    Takes any leading shape ``[b, pos, ...]`` (``pos`` is 1 on KV-cached steps). ``records`` (when
+    ``record=True``) keeps ``(ctx.step, positions, delta [b, pos, width])`` per call, for inspection/tests.
     """
 
-    def __init__(self, sae, interventions, record: bool = False):
-        self.sae = sae
-        self.site = Site.of(sae)
+    def __init__(self, att, interventions, record: bool = False):
+        self.att = att
+        self.sae = sae = att.sae
+        self.site = att.site
         self.interventions = list(interventions)
         self.records: list | None = [] if record else None
         self._directions = {}
         self._edited = sorted({f for iv in self.interventions if iv.method in ENCODED_METHODS for f in iv.features})
+        self._code = None          # transcoder: (f, state) read at the input hook, used at the output hook
         for iv in self.interventions:
             for f in iv.features:
                 check_feature(sae, f)
@@ -177,10 +188,16 @@ class SteeringHook:
                     if iv.normalize:
                         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
                     w = torch.tensor(iv.weights if iv.weights else [1.0] * len(iv.features), device=d.device)
-                    self._directions[id(iv)] = iv.strength * (w[:, None] * d).sum(0)   # [d_in]
+                    self._directions[id(iv)] = iv.strength * (w[:, None] * d).sum(0)   # [d_out]
+
+    def edits(self) -> dict:
+        """``{hook: fn}``: one hook for an SAE; the input and output hooks for a transcoder."""
+        if self.site.out is None:
+            return {self.site.hook: self}
+        return {self.site.hook: self._read_input, self.site.hook_out: self}
 
     def _decode_difference(self, f: torch.Tensor, f_new: torch.Tensor, state) -> torch.Tensor:
-        """``decode(f_new, state) - decode(f, state)``: ``[..., d_sae] -> [..., d_in]``. Decoding is affine in the
+        """``decode(f_new, state) - decode(f, state)``: ``[..., d_sae] -> [..., d_out]``. Decoding is affine in the
         features, so only the edited ones matter: a sparse decode over them (k rows of W_dec, not d_sae)."""
         idx = self._edited
         if len(idx) * 4 < self.sae.d_sae:
@@ -189,37 +206,50 @@ class SteeringHook:
                     - self.sae.decode_sparse(SparseCode(torch.zeros_like(f[..., idx]), i, state)))
         return self.sae.decode(f_new, state) - self.sae.decode(f, state)
 
+    def _encode(self, act: torch.Tensor):
+        return self.sae.encode_with_state(self.site.to_sae(act).to(device=self.sae.device, dtype=self.sae.dtype))
+
+    def _read_input(self, act: torch.Tensor, ctx=None) -> None:
+        """Transcoder input hook: encode once (when an edit needs the features); the activation is unchanged."""
+        self._code = self._encode(act) if self._edited else None
+        return None
+
+    def _delta(self, f_state, shape: tuple, masks, device) -> torch.Tensor:
+        delta = torch.zeros(shape, dtype=torch.float32, device=device)
+        edits = [(iv, m) for iv, m in zip(self.interventions, masks) if iv.method in ENCODED_METHODS and m.any()]
+        if edits:
+            f, state = f_state
+            f_new = f.clone()
+            for iv, m in edits:
+                idx = torch.tensor(iv.features, device=f.device)
+                cur = f_new[..., idx]
+                if iv.method == "clamp":
+                    new = torch.as_tensor(iv.strength, dtype=f.dtype, device=f.device).expand_as(cur)
+                elif iv.method == "scale":
+                    new = cur * iv.strength
+                else:
+                    new = torch.zeros_like(cur)
+                f_new[..., idx] = torch.where(m.to(f.device)[..., None], new, cur)
+            delta += self._decode_difference(f, f_new, state).to(device, torch.float32)
+        for iv, m in zip(self.interventions, masks):
+            if iv.method in ("add", "algebra") and m.any():
+                delta += m[..., None].float() * self._directions[id(iv)].to(device)
+        return delta
+
     def __call__(self, act: torch.Tensor, ctx=None) -> torch.Tensor:
         with torch.no_grad():
-            x = self.site.to_sae(act)
-            b, p = x.shape[0], x.shape[1]
-            dev = x.device
+            port = self.site.write_port
+            y = port.to_sae(act)
+            b, p, dev = y.shape[0], y.shape[1], y.device
             masks = [position_mask(iv.positions, ctx, (b, p), dev) for iv in self.interventions]
-            delta = torch.zeros(x.shape, dtype=torch.float32, device=dev)
-            edits = [(iv, m) for iv, m in zip(self.interventions, masks) if iv.method in ENCODED_METHODS and m.any()]
-            if edits:
-                xs = x.to(device=self.sae.device, dtype=self.sae.dtype)
-                f, state = self.sae.encode_with_state(xs)
-                f_new = f.clone()
-                for iv, m in edits:
-                    idx = torch.tensor(iv.features, device=f.device)
-                    cur = f_new[..., idx]
-                    if iv.method == "clamp":
-                        new = torch.as_tensor(iv.strength, dtype=f.dtype, device=f.device).expand_as(cur)
-                    elif iv.method == "scale":
-                        new = cur * iv.strength
-                    else:
-                        new = torch.zeros_like(cur)
-                    f_new[..., idx] = torch.where(m.to(f.device)[..., None], new, cur)
-                delta += self._decode_difference(f, f_new, state).to(dev, torch.float32)
-            for iv, m in zip(self.interventions, masks):
-                if iv.method in ("add", "algebra") and m.any():
-                    delta += m[..., None].float() * self._directions[id(iv)].to(dev)
+            needs_code = any(iv.method in ENCODED_METHODS and m.any() for iv, m in zip(self.interventions, masks))
+            code = (self._code if self.site.out is not None else self._encode(act)) if needs_code else None
+            delta = self._delta(code, y.shape, masks, dev)
             if self.records is not None:
                 pos = ctx.positions.clone() if ctx is not None and ctx.positions is not None else None
                 self.records.append((getattr(ctx, "step", 0), pos, delta.clone()))
-            out = (x.float() + delta).to(x.dtype) if x.dtype != torch.float32 else x + delta
-            return self.site.from_sae(out, act)
+            change = port.delta_from_sae(delta, act.float() if act.dtype != torch.float32 else act)
+            return (act.float() + change).to(act.dtype) if act.dtype != torch.float32 else act + change
 
 
 def _as_interventions(interventions) -> list[Intervention]:
@@ -243,9 +273,8 @@ def steer(lm, sae, interventions, record: bool = False):
 
     Yields the SteeringHook (``.records`` when ``record=True``).
     """
-    check_fits(lm, sae)
-    hook = SteeringHook(sae, _as_interventions(interventions), record=record)
-    with lm.intervene({hook.site.hook: hook}):
+    hook = SteeringHook(attach(lm, sae), _as_interventions(interventions), record=record)
+    with lm.intervene(hook.edits()):
         yield hook
 
 
@@ -289,20 +318,22 @@ def generate_steered(lm, sae, prompt: str, interventions, max_new_tokens: int = 
     ``temperature == 0`` is greedy. The prompt is tokenized with the SAE's ``prepend_bos`` (unless given), so
     positions match the SAE's training; prompt + ``max_new_tokens`` must fit the context.
     """
-    check_fits(lm, sae)
+    att = attach(lm, sae)
+    if prepend_bos is not None:
+        att = dataclasses.replace(att, prepend_bos=bool(prepend_bos))
     check_generation_args(max_new_tokens, temperature, top_p, seed)
     interventions = _as_interventions(interventions)
     if seed is None and temperature > 0:   # baseline and steered must share the seed: pick one and report it
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    ids = tokens_for(lm, sae, prompt, prepend_bos, reserve=max_new_tokens, truncate=False, what="prompt")
+    ids = att.tokens(prompt, reserve=max_new_tokens, truncate=False, what="prompt")
     n = ids.shape[1]
     kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=float(temperature) if temperature > 0 else 1.0,
               top_p=float(top_p), seed=seed, prepend_bos=False)
     ids = ids.to(lm.device)
-    hook = SteeringHook(sae, interventions)          # validates every feature before any generation
+    hook = SteeringHook(att, interventions)          # validates every feature before any generation
     base_ids = lm.generate(ids, **kw)[0, n:].tolist() if include_baseline else []
-    with lm.intervene({hook.site.hook: hook}):
+    with lm.intervene(hook.edits()):
         steer_ids = lm.generate(ids, **kw)[0, n:].tolist()
     return SteerResult(prompt, lm.to_string(torch.tensor(base_ids, dtype=torch.long)) if include_baseline else "",
-                       lm.to_string(torch.tensor(steer_ids, dtype=torch.long)), interventions, hook.site.hook, seed,
+                       lm.to_string(torch.tensor(steer_ids, dtype=torch.long)), interventions, att.hook_out, seed,
                        float(temperature), float(top_p), max_new_tokens, base_ids, steer_ids)

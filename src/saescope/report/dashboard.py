@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..progress import progress
+from ..site import load_labels
 from . import html
 from .stats import StatsConfig, compute_feature_stats
 from .store import STORE_FILE, FeatureStore
@@ -93,8 +94,6 @@ def build_dashboard(lm, sae, source, out_dir: str | Path, config: StatsConfig = 
     out.mkdir(parents=True, exist_ok=True)
     _write(out / MARKER, json.dumps({"format": "saescope-dashboard-1", "store": STORE_FILE}))
     stats = compute_feature_stats(lm, sae, source, config, out=out / STORE_FILE, resume=resume)
-    from ..interp.labels import load_labels
-
     t0 = time.perf_counter()
     with FeatureStore(out / STORE_FILE, labels=load_labels(sae)) as store:
         n = write_dashboard(store, out)

@@ -16,8 +16,8 @@ accumulators for *all* features at once (no per-feature loop over data):
   go to the first/last bin);
 - top co-firing features: co-occurrence counts ``A^T A`` of the binary activity ``A [n, d_sae]`` of a token
   subsample, ranked by Jaccard index ``c_ij / (c_i + c_j - c_ij)``;
-- logit lens: ``feature_directions() @ W_U`` (``[d_sae, d_in] @ [d_model, d_vocab]``), top positive/negative
-  tokens, when the SAE reads the residual stream (d_in == d_model).
+- logit lens: the one logit lens of ``saescope.site`` (``LENS``), top positive/negative tokens, when the SAE's
+  decoder writes in the residual stream's basis.
 
 The running state is checkpointed into the store being built every ``checkpoint_every`` batches, so a killed run
 resumes where it stopped (``resume=True``) and gives the same result as an uninterrupted one.
@@ -37,9 +37,9 @@ import torch
 
 from .._config import JsonConfig
 from ..data import contexts_from
-from ..interp.feature import logit_lens_topk as logit_lens
 from ..errors import ConfigError, InputError
 from ..progress import progress
+from ..site import LENS, attach, describe, load_labels, logit_lens
 
 log = logging.getLogger(__name__)
 
@@ -457,15 +457,6 @@ def _batches(contexts: Iterable[torch.Tensor], batch_size: int, n_contexts: int,
         yield torch.stack(buf)
 
 
-def sae_activations(lm, sae, tokens: torch.Tensor) -> torch.Tensor:
-    """Feature activations for token ids ``[B, T]`` -> ``[B, T, d_sae]`` (the SAE's own input handling)."""
-    from ..interp.compat import Site
-
-    site = Site.of(sae)
-    act = lm.run(tokens.to(lm.device), capture=site.hook)[site.hook]
-    return sae.encode(site.to_sae(act).to(sae.dtype))
-
-
 def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), out: str | Path | None = None,
                           resume: bool = False, labels: dict[int, str] | None = None) -> FeatureStats:
     """One streaming pass: statistics of every feature of ``sae`` on ``source``.
@@ -475,25 +466,24 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     checkpoints, renamed when complete); ``resume`` continues a partial build with the same config.
     Returns the FeatureStats (also written to ``out`` when given).
     """
-    from ..interp.compat import check_fits
     from . import store as store_mod
 
-    check_fits(lm, sae)
+    att = attach(lm, sae)
+    meta = describe(lm, sae)
     if sae.device.type == "cpu" and sae.dtype in (torch.float16, torch.bfloat16):
         import copy
 
         log.info("computing statistics with a float32 copy of the %s SAE (half precision is slow on the CPU)", sae.dtype)
         path, sae = sae.path, copy.deepcopy(sae).float()
         sae.path = path
+        att = dataclasses.replace(att, sae=sae)
     if labels is None:
-        from ..interp.labels import load_labels
         labels = load_labels(sae)
     if isinstance(source, torch.Tensor) and source.dim() == 2:
         config = dataclasses.replace(config, context_size=int(source.shape[1]))
     n_contexts = math.ceil(config.n_tokens / config.context_size)
     acc = StatsAccumulator(sae.d_sae, config, device=sae.device)
     partial = None
-    meta = describe(lm, sae)
     if out is not None:
         out = Path(out)
         partial = store_mod.PartialStore(out, config, meta, resume=resume)
@@ -507,11 +497,9 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     bar = progress(total=n_contexts * config.context_size, initial=done_before * config.context_size,
                    desc="feature stats", unit="tok", unit_scale=True)
     try:
-        contexts = contexts_from(lm, source, config.context_size, prepend_bos=bool(sae.cfg.metadata.prepend_bos),
-                                 seed=config.seed)
+        contexts = contexts_from(lm, source, config.context_size, prepend_bos=att.prepend_bos, seed=config.seed)
         for batch in _batches(contexts, config.batch_size, n_contexts, done_before):
-            with torch.no_grad():
-                f = sae_activations(lm, sae, batch)
+            f = att.features(batch.to(lm.device))
             mask = torch.ones(batch.shape, dtype=torch.bool)
             for t in bos:
                 mask &= batch != t
@@ -525,9 +513,10 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
         raise InputError(f"the text source gave no contexts of {config.context_size} tokens; use more text")
     seconds = time.perf_counter() - t0
     logits = None
-    W_U = lm.unembed_matrix()
-    if sae.d_in == W_U.shape[0] and config.logit_k:
-        logits = logit_lens(sae.feature_directions().detach(), W_U.detach(), config.logit_k)
+    if att.in_residual_basis and config.logit_k:
+        lens = logit_lens(lm, sae.feature_directions().detach(), config.logit_k)
+        logits = (lens.pos_values, lens.pos_ids, lens.neg_values, lens.neg_ids)
+        meta["logit_lens"] = LENS
     meta.update(n_contexts=acc.contexts, seconds=seconds)
     stats = finalize(acc, vocab_strings(lm), logits, labels, seconds, meta)
     if partial is not None:
@@ -535,11 +524,3 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     log.info("feature statistics: %d tokens in %.1fs (%.0f tok/s)", stats.n_tokens, seconds,
              (acc.contexts - done_before) * config.context_size / max(seconds, 1e-9))
     return stats
-
-
-def describe(lm, sae) -> dict:
-    """What the statistics are about (stored in the store's meta)."""
-    md = sae.cfg.metadata
-    return {"model": getattr(lm, "name", None), "hook": md.hook_name, "d_sae": sae.d_sae, "d_in": sae.d_in,
-            "sae_path": str(sae.path) if getattr(sae, "path", None) else None, "release": md.release,
-            "sae_id": md.sae_id, "neuronpedia_id": md.neuronpedia_id, "architecture": sae.cfg.architecture}

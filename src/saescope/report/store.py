@@ -2,14 +2,17 @@
 
 Tables::
 
-    meta(key TEXT PRIMARY KEY, value TEXT)              JSON values: format, model, hook, d_sae, n_tokens, config, hist_edges
+    meta(key TEXT PRIMARY KEY, value TEXT)              JSON values: format, n_tokens, config, hist_edges, and
+                                                        which SAE and model it was built from (``saescope.site.
+                                                        describe``: model, hook, d_sae, sae_fingerprint, ...)
     features(id INTEGER PRIMARY KEY, density REAL, mean REAL, max REAL, n_active INTEGER, label TEXT, data TEXT)
                                                         data = FeatureRecord.to_dict() as JSON
     checkpoint(key TEXT PRIMARY KEY, value BLOB)        running state of an unfinished build (safetensors bytes)
 
 A build writes ``<name>.partial`` (checkpointed, resumable) and renames it over ``<name>`` only when complete,
 so an existing store is never left half-written. Labels from ``labels.json`` beside the SAE take precedence
-over the labels recorded at build time.
+over the labels recorded at build time. ``FeatureStore.for_sae`` refuses a store built for another SAE or model
+(``saescope.site.check_artifact``).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError, InputError
+from ..site import check_artifact, load_labels
 from .stats import FeatureRecord, FeatureStats, StatsConfig
 
 log = logging.getLogger(__name__)
@@ -140,6 +144,10 @@ class PartialStore:
         if row is not None and json.loads(row[0]) != config.to_dict():
             self.con.close()
             raise ConfigError(f"{self.path}: the unfinished build used other settings; run without --resume to start again")
+        row = self.con.execute("SELECT value FROM meta WHERE key='sae_fingerprint'").fetchone()
+        if row is not None and json.loads(row[0]) != meta.get("sae_fingerprint"):
+            self.con.close()
+            raise ConfigError(f"{self.path}: the unfinished build is for another SAE; run without --resume to start again")
         with self.con:
             _write_meta(self.con, {"format": FORMAT, "config": config.to_dict(), **meta})
 
@@ -192,16 +200,21 @@ class FeatureStore:
         self.labels = dict(labels or {})
 
     @classmethod
-    def for_sae(cls, sae, path: str | Path | None = None) -> "FeatureStore | None":
-        """The store of ``sae`` (``path`` or ``features.sqlite`` beside it), or None when there is none."""
-        from ..interp.labels import load_labels
-
+    def for_sae(cls, sae, path: str | Path | None = None, lm=None, allow_mismatch: bool = False) -> "FeatureStore | None":
+        """The store of ``sae`` (``path`` or ``features.sqlite`` beside it), or None when there is none. A store
+        built for another SAE (or for another model than ``lm``) is a ConfigError unless ``allow_mismatch``."""
         p = Path(path) if path else default_store_path(sae)
         if p is None or not p.is_file():
             if path:
                 raise InputError(f"feature store {path} does not exist; build it with `saescope dashboard`")
             return None
-        return cls(p, labels=load_labels(sae))
+        store = cls(p, labels=load_labels(sae))
+        try:
+            check_artifact(store.meta, lm, sae, f"feature store {p}", allow_mismatch=allow_mismatch)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     @property
     def d_sae(self) -> int:

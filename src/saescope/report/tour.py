@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ..interp import feature_trace, generate_steered, read_features
-from ..interp.labels import load_labels
 from ..interp.read import ReadResult
 from ..interp.steer import Intervention, SteerResult, steer
+from ..site import LENS, attach, lens_rank, load_labels
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def count_word(text: str, word: str) -> int:
 
 @torch.no_grad()
 def _next_tokens(lm, sae, text: str, interventions=(), k: int = 5) -> list[NextToken]:
-    ids = lm.to_tokens(text, prepend_bos=sae.cfg.metadata.prepend_bos)
+    ids = attach(lm, sae).tokens(text)
     if interventions:
         with steer(lm, sae, list(interventions)):
             logits = lm(ids)
@@ -83,7 +83,7 @@ def sample_pairs(lm, sae, prompt: str, interventions, n: int, max_new_tokens: in
                  seed: int = 0) -> list[tuple[str, str]]:
     """n (baseline, steered) continuations of ``prompt``: one batched generation each, from the same seed, so
     row i of both batches draws the same random numbers."""
-    ids = lm.to_tokens([prompt] * n, prepend_bos=sae.cfg.metadata.prepend_bos)
+    ids = attach(lm, sae).tokens(prompt).repeat(n, 1)
     kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed,
               prepend_bos=False)
     base = lm.generate(ids, **kw)[:, ids.shape[1]:]
@@ -119,13 +119,12 @@ def run_tour(lm, sae, config: TourConfig, heatmap_features: int = 12, seed: int 
 
 @torch.no_grad()
 def logit_lens_rank(lm, sae, feature: int, word: str) -> int | None:
-    """Rank (1 = most promoted) of ``word``'s token among all tokens the feature's decoder direction promotes
-    through W_U; None when the word is not a single token."""
+    """Rank (1 = most promoted) of ``word``'s token in the feature's logit lens (``saescope.site.LENS``, the
+    same lens as ``saescope feature`` and the dashboards); None when the word is not a single token."""
     ids = lm.to_tokens(word, prepend_bos=False)[0]
     if len(ids) != 1:
         return None
-    lens = sae.feature_directions([feature])[0].float() @ lm.unembed_matrix().float()
-    return int((lens > lens[ids[0]]).sum()) + 1
+    return lens_rank(lm, sae.feature_directions([feature])[0], int(ids[0]))
 
 
 # ------------------------------------------------------------------------------------------------- HTML
@@ -173,8 +172,8 @@ Mean L0 on the sentence {tour.read.mean_l0:.1f}; {tour.read.percent_active:.2f}%
 <h2>1. Reading: which features fire on which tokens</h2><p class=tok>{e(c.sentence)}</p>{heat}
 <details><summary>top features per token</summary><table><tr><th>pos</th><th>token</th><th>top features</th></tr>{read_rows}</table></details>
 <h2>2. Steering: add feature #{c.steer_feature} × {c.steer_strength:g}</h2>
-<p>Label: <i>{lab(c.steer_feature)}</i>. Its logit lens ranks “{e(c.steer_word.strip())}” #{tour.concept_rank} among
-all tokens. Over {len(tour.samples)} samples of “{e(c.steer_prompt)}”, the word
+<p>Label: <i>{lab(c.steer_feature)}</i>. Its logit lens ({e(LENS)}) ranks “{e(c.steer_word.strip())}”
+#{tour.concept_rank} among all tokens. Over {len(tour.samples)} samples of “{e(c.steer_prompt)}”, the word
 “{e(c.steer_word.strip())}” appears in <span class=big>{tour.baseline_hits}</span> baseline continuations and in
 <span class=big>{tour.steered_hits}</span> steered ones (same random draws). Left: baseline; right: steered.</p>{pairs}
 <h2>3. Ablation: feature #{c.ablate_feature} set to 0 (SAE error kept)</h2><p>Label: <i>{lab(c.ablate_feature)}</i>. Text: <span class=tok>{e(c.ablate_text)}</span></p>

@@ -20,7 +20,6 @@ more than the cap gets 503 at once instead of queueing), request body size (413)
 The model runs one request at a time (a lock): interventions are hooks on the shared model.
 """
 
-import argparse
 import dataclasses
 import logging
 import socket
@@ -141,14 +140,13 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field
 
-    from ..interp import Intervention, generate_steered, read_features
-    from ..interp.compat import check_fits
-    from ..interp.labels import load_labels
+    from ..interp import generate_steered, read_features
     from ..report import html
-    from ..report.stats import FeatureRecord, logit_lens, vocab_strings
+    from ..report.stats import FeatureRecord, vocab_strings
     from ..report.store import FeatureSummary
+    from ..site import attach, load_labels, logit_lens
 
-    check_fits(lm, sae)
+    att = attach(lm, sae)
     cfg = config
     labels = load_labels(sae)
     meta = {**(store.meta if store is not None else {}), "model": lm.name, "hook": sae.cfg.metadata.hook_name,
@@ -200,13 +198,14 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
         rec = store.get(i) if store is not None else None
         if rec is None:   # no statistics: the logit lens alone, computed now
             rec = FeatureRecord(i, 0.0, 0.0, 0.0, 0.0, 0, label=labels.get(i))
-            W_U = lm.unembed_matrix()
-            if sae.d_in == W_U.shape[0]:
+            if att.in_residual_basis:
                 if not vocab:
                     vocab.extend(vocab_strings(lm))
-                pv, pi, nv, ni = logit_lens(sae.feature_directions([i]).detach(), W_U.detach(), 10)
-                rec.pos_logits = [(vocab[t], round(v, 5)) for v, t in zip(pv[0].tolist(), pi[0].tolist())]
-                rec.neg_logits = [(vocab[t], round(v, 5)) for v, t in zip(nv[0].tolist(), ni[0].tolist())]
+                lens = logit_lens(lm, sae.feature_directions([i]).detach(), 10)
+                rec.pos_logits = [(vocab[t], round(v, 5)) for v, t in zip(lens.pos_values[0].tolist(),
+                                                                          lens.pos_ids[0].tolist())]
+                rec.neg_logits = [(vocab[t], round(v, 5)) for v, t in zip(lens.neg_values[0].tolist(),
+                                                                          lens.neg_ids[0].tolist())]
         elif i in labels:
             rec.label = labels[i]
         return rec
@@ -268,7 +267,7 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
 
     @app.post("/api/steer")
     def api_steer(req: SteerRequest):
-        ivs = interventions(req, Intervention)
+        ivs = interventions(req)
         with gen_gate.enter("generations"), model_lock:
             res = generate_steered(lm, sae, req.prompt, ivs, max_new_tokens=req.max_new_tokens,
                                    temperature=req.temperature, top_p=req.top_p, seed=req.seed)
@@ -289,14 +288,14 @@ def steer_json(lm, sae_spec: str, res) -> dict:
     return {**res.to_dict(), "model": lm.name, "sae": sae_spec}
 
 
-def interventions(req, Intervention) -> list:
-    """The request's interventions, exactly as ``saescope steer`` builds them from its options."""
-    from ..cli.interp import _interventions
+def interventions(req) -> list:
+    """The request's interventions, exactly as ``saescope steer`` builds them from its options
+    (``saescope.interp.build_interventions``, the function both call)."""
+    from ..interp import build_interventions
 
     feats = [req.feature] if isinstance(req.feature, int) else list(req.feature)
     strengths = [req.strength] if isinstance(req.strength, (int, float)) else list(req.strength)
-    ns = argparse.Namespace(feature=feats, strength=strengths, positions=req.positions, algebra=req.algebra)
-    return _interventions(ns, req.method)
+    return build_interventions(feats, strengths, req.method, req.positions, req.algebra)
 
 
 def _read_panel(cfg: ServerConfig) -> str:
