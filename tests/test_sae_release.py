@@ -126,12 +126,13 @@ def test_tiny_release_reads_bundled_folder(tmp_path, monkeypatch):
 
 
 def test_hook_z_release_with_value_bias_shift(hub_cache, models, tmp_path, one_thread):
-    """gpt2-small-hook-z-kk layout (NAME.pt + NAME_cfg.json): on raw z, after fold_input_shift(b_V + ln_1.b @ W_V),
-    the features equal SAELens's on TransformerLens's processed hook_z."""
+    """gpt2-small-hook-z-kk layout (NAME.pt + NAME_cfg.json): on raw z, with the attach layer's named convention
+    (z - (b_V + ln_1.b @ W_V)), the features equal SAELens's on TransformerLens's processed hook_z; attaching
+    never changes the SAE."""
     import sae_lens as sl
 
-    from saescope.interp.compat import check_fits
     from saescope.sae.registry import get_release
+    from saescope.site import attach, check_fits, fingerprint
 
     lm, tl = models
     entry = get_release("gpt2-small-hook-z-kk").sae("blocks.4.hook_z")
@@ -157,15 +158,18 @@ def test_hook_z_release_with_value_bias_shift(hub_cache, models, tmp_path, one_t
         shift = blk.attn.c_attn.bias[2 * D_MODEL:] + blk.ln_1.bias @ W_V
         assert (sae.encode(z) - f_ref).abs().max() > 1e-2     # the convention gap is real
     assert torch.allclose(lm.attention_value_bias(4).reshape(-1), shift)
-    check_fits(lm, sae)  # binding the SAE to the model folds the shift in, once
+    before = fingerprint(sae), sae.cfg
     check_fits(lm, sae)
-    assert sae.cfg.metadata.extra["input_shift_folded"] == "attn_value_bias"
+    att = attach(lm, sae)
+    assert (fingerprint(sae), sae.cfg) == before and att.conventions == ("attn_value_bias",)
     with torch.no_grad():
-        f = sae.encode(z)
+        f = att.features(TOKENS)
         assert torch.allclose(f, f_ref, atol=1e-4), (f - f_ref).abs().max()
-        assert sae(z).shape == z.shape
-        assert torch.allclose(sae(z), ref(cache[hook]) + shift.reshape(z.shape[-2:]), atol=1e-4)
+        x_hat = att.site.port.to_raw(sae(att.site.to_sae(z)))       # reconstruction in raw z space
+        assert x_hat.shape == z.flatten(-2).shape
+        assert torch.allclose(x_hat, (ref(cache[hook]) + shift.reshape(z.shape[-2:])).flatten(-2), atol=1e-4)
     assert (f_ref > 0).float().mean() > 0.02
+
 
 
 def test_cached_release_never_touches_the_network(release_cache, monkeypatch):

@@ -175,9 +175,9 @@ def _feature(args) -> int:
     from ..report.store import FeatureStore
 
     lm, sae = _load(args)
-    store = FeatureStore.for_sae(sae, args.store, lm=lm, allow_mismatch=args.allow_mismatch)
+    store, note = FeatureStore.for_sae_or_note(sae, args.store, lm=lm, allow_mismatch=args.allow_mismatch)
     try:
-        info = feature_info(lm, sae, args.index, k=args.top, store=store)
+        info = feature_info(lm, sae, args.index, k=args.top, store=store, store_note=note)
     finally:
         if store is not None:
             store.close()

@@ -63,12 +63,13 @@ def logit_lens(lm, sae, index: int, k: int = 10) -> tuple[list[TokenScore], list
     return rows(lens.pos_values[0], lens.pos_ids[0]), rows(lens.neg_values[0], lens.neg_ids[0])
 
 
-def top_contexts(store, index: int, n: int = 10) -> tuple[list[dict] | None, str | None, dict]:
+def top_contexts(store, index: int, n: int = 10, note: str | None = None) -> tuple[list[dict] | None, str | None, dict]:
     """Top-activating contexts of ``index`` from a feature store (any object with ``get(index)`` returning a record
-    with ``top``, ``density``...), already checked to belong to this SAE. -> (contexts or None, note, statistics)."""
+    with ``top``, ``density``...), already checked to belong to this SAE. -> (contexts or None, note, statistics).
+    ``note``: why there is no store, when the caller knows."""
     if store is None:
-        return None, ("no feature statistics (features.sqlite) given for this SAE; build them with `saescope "
-                      "dashboard` and pass store=FeatureStore.for_sae(sae)"), {}
+        return None, note or ("no feature statistics (features.sqlite) given for this SAE; build them with "
+                              "`saescope dashboard` and pass store=FeatureStore.for_sae(sae)"), {}
     rec = store.get(index)
     if rec is None:
         return None, f"the feature store has no statistics for feature {index}", {}
@@ -77,9 +78,10 @@ def top_contexts(store, index: int, n: int = 10) -> tuple[list[dict] | None, str
     return [e.to_dict() for e in rec.top[:n]], None, extra
 
 
-def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10, store=None) -> FeatureInfo:
-    """Logit lens (``k`` promoted/suppressed tokens), top contexts (from ``store``, a FeatureStore of this SAE),
-    label, density and Neuronpedia URL of ``feature``."""
+def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10, store=None,
+                 store_note: str | None = None) -> FeatureInfo:
+    """Logit lens (``k`` promoted/suppressed tokens), top contexts (from ``store``, a FeatureStore of this SAE;
+    ``store_note`` says why there is none), label, density and Neuronpedia URL of ``feature``."""
     att = attach(lm, sae)
     index = att.check_feature(feature)
     promoted, suppressed, note = [], [], None
@@ -87,7 +89,7 @@ def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10, store
         promoted, suppressed = logit_lens(lm, sae, index, k)
     else:
         note = f"no logit lens: {att.hook_out} is not in the residual stream's basis"
-    contexts, contexts_note, extra = top_contexts(store, index, n_contexts)
+    contexts, contexts_note, extra = top_contexts(store, index, n_contexts, store_note)
     density = extra.get("stats", {}).get("density")
     if density is None and getattr(sae, "log_sparsity", None) is not None:
         value = float(sae.log_sparsity.reshape(-1)[index])

@@ -216,6 +216,19 @@ class FeatureStore:
             raise
         return store
 
+    @classmethod
+    def for_sae_or_note(cls, sae, path: str | Path | None = None, lm=None,
+                        allow_mismatch: bool = False) -> tuple["FeatureStore | None", str | None]:
+        """Like ``for_sae``, but an unreadable store *beside* the SAE (no ``path`` given) becomes a note for the
+        user instead of an error, so what else is known about a feature can still be shown."""
+        try:
+            return cls.for_sae(sae, path, lm=lm, allow_mismatch=allow_mismatch), None
+        except CheckpointError as exc:
+            if path:
+                raise
+            log.warning("%s", exc)
+            return None, f"could not read the feature store: {exc}"
+
     @property
     def d_sae(self) -> int:
         return int(self.meta.get("d_sae") or len(self))
