@@ -59,7 +59,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     from saescope.report import StatsConfig, compute_feature_stats
-    from saescope.report.stats import sae_activations
+    from saescope.site import attach
 
     lm, sae = load(args)
     if sae.dtype != torch.float32:     # as compute_feature_stats does on the CPU: half matmuls are slow there
@@ -77,7 +77,7 @@ def main():
     acts = []
     with torch.no_grad():
         for s in range(0, n, args.batch_size):
-            f = sae_activations(lm, sae, corpus[s:s + args.batch_size])
+            f = attach(lm, sae).features(corpus[s:s + args.batch_size])
             if len(acts) < 4:
                 acts.append(f.clone())
     floor = time.perf_counter() - t0

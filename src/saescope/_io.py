@@ -35,3 +35,24 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Move a finished temp file (or directory) ``tmp`` written beside ``path`` onto it: flushed to disk first,
+    so a crash leaves either the old ``path`` or the complete new one. For writers that need a real file to
+    write into (SQLite, directory trees); everything else uses ``atomic_write_*``."""
+    tmp, path = Path(tmp), Path(path)
+    if tmp.is_file():
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,10 +1,10 @@
 """``saescope demo``: the offline tour of the bundled model and SAE (read, steer, ablate, HTML report)."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
+from .._io import atomic_write_text
 from .common import add_model_args
 
 _MARK = "<title>saescope demo</title>"
@@ -71,9 +71,7 @@ def _demo(args) -> int:
     console.print(f"greedy, normal:  {c.ablate_text}[green]{g.baseline}[/]\ngreedy, ablated: {c.ablate_text}[red]{g.steered}[/]")
 
     page = render_html(tour, lm.name, args.sae or f"tiny:{TINY_DEFAULT_SAE}")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, page)
     console.print(f"\nreport: [bold]{out.resolve()}[/]  ({time.time() - t0:.1f}s)")
     return 0
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, InputError, NumericsError
+from ..errors import ConfigError, InputError
 from ..progress import progress
 from ..site import attach, check_finite, sae_name
 from . import metrics as M

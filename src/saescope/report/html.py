@@ -8,7 +8,7 @@ from html import escape
 from importlib import resources
 from typing import Callable
 
-from .stats import Example, FeatureRecord
+from .records import Example, FeatureRecord
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 

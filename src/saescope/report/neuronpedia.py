@@ -16,12 +16,12 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .._io import atomic_write_bytes, atomic_write_text
 from ..errors import InputError
 from .store import FeatureStore
 
@@ -65,11 +65,12 @@ def _cuid(*parts) -> str:
 
 
 def _write_gz(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    def write(f):
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=5, mtime=0) as gz:
+            for row in rows:
+                gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    atomic_write_bytes(path, write)
 
 
 def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str | None = None, set_name: str = "saescope",
@@ -106,9 +107,7 @@ def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str |
               "dataset": meta.get("dataset"), "num_prompts": meta.get("n_contexts"),
               "num_tokens_in_prompt": cfg.get("context_size"), "hfRepoId": None, "hfFolderId": None,
               "creatorId": creator_id}
-    tmp = src / ".source.jsonl.tmp"
-    tmp.write_text(json.dumps(source) + "\n", encoding="utf-8")
-    os.replace(tmp, src / "source.jsonl")
+    atomic_write_text(src / "source.jsonl", json.dumps(source) + "\n")
 
     feats, acts, ffiles, afiles = [], [], [], []
     n_feat = n_act = 0

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from .._io import publish
 from ..errors import CheckpointError, ConfigError, InputError
 from ..site import check_artifact, load_labels
-from .stats import FeatureRecord, FeatureStats, StatsConfig
+from .accumulate import StatsConfig
+from .records import FeatureRecord, FeatureStats
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def write_store(path: str | Path, stats: FeatureStats) -> Path:
             _write_features(con, stats.records)
     finally:
         con.close()
-    os.replace(tmp, path)
+    publish(tmp, path)
     return path
 
 
@@ -176,7 +178,7 @@ class PartialStore:
             self.con.execute("DELETE FROM checkpoint")
         self.con.execute("VACUUM")
         self.con.close()
-        os.replace(self.path, self.out)
+        publish(self.path, self.out)
         return self.out
 
 

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from ..._io import publish
 from ..._version import __version__
 from ...errors import CheckpointError, ConfigError
 from ..config import SAEConfig, SAEMetadata
@@ -207,7 +207,7 @@ def save_native(sae, path) -> None:
             atomic_save_safetensors({"sparsity": sae.log_sparsity.detach().float()}, path / SPARSITY)
         atomic_write_json(path / CFG, native_cfg_dict(cfg))
         if fresh:
-            os.replace(path, target)
+            publish(path, target)
     except BaseException:
         if fresh:
             shutil.rmtree(path, ignore_errors=True)
