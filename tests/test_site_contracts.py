@@ -244,3 +244,19 @@ def test_one_logit_lens_on_every_surface(two_saes_with_stores):
     for surface in (stored, api["pos_logits"], no_store["pos_logits"]):
         assert [t for t, _ in surface] == [t for t, _ in cli_lens]
         assert [v for _, v in surface] == pytest.approx([v for _, v in cli_lens], abs=1e-4)
+
+
+def test_every_use_refuses_an_sae_for_another_model(two_saes_with_stores):
+    """evaluate_sae, statistics and reading apply the same fit check (evaluate_sae used to skip it)."""
+    from saescope.evals import evaluate_sae
+    from saescope.report import StatsConfig, compute_feature_stats
+
+    lm, dirs = two_saes_with_stores
+    other = SAE.load(dirs["a"])
+    other.cfg = other.cfg.replace(metadata={"model_name": "EleutherAI/pythia-70m"})
+    texts = ["The quick brown fox jumps over the lazy dog. " * 8]
+    for call in (lambda: evaluate_sae(lm, other, texts, tokens=64, context_size=16),
+                 lambda: compute_feature_stats(lm, other, texts, StatsConfig(n_tokens=64, context_size=16)),
+                 lambda: read_features(lm, other, "The quick brown fox")):
+        with pytest.raises(ConfigError, match="trained on model 'EleutherAI/pythia-70m'"):
+            call()
