@@ -31,18 +31,17 @@ def test_features_depend_on_context_in_saelens(hub_cache, monkeypatch):
                                          "sae_diff_type": "topk", "kval_topk": 8, "tied_weights": True,
                                          "scaling_factor": 1.0},
             "data": {"dtype": "float32"}}
-    ref_blank = saelens_ref.__globals__  # noqa: F841  (the shared helper module is importable)
-    from sae_lens.saes.temporal_sae import TemporalSAE, TemporalSAEConfig  # noqa: F401
+    from sae_lens.saes.temporal_sae import TemporalSAE, TemporalSAEConfig
 
     g = torch.Generator().manual_seed(31)
     cfg = TemporalSAEConfig(d_in=d, d_sae=d * factor, n_heads=1, n_attn_layers=1, bottleneck_factor=1,
                             sae_diff_type="topk", kval_topk=8, tied_weights=True, dtype="float32", device="cpu")
     sae = TemporalSAE(cfg)
     state = {k: torch.randn(v.shape, generator=g) * 0.2 for k, v in sae.state_dict().items()}
-    add_repo(hub_cache, "canrager/temporalSAEs", {f"{PATH}/conf.yaml": yaml.safe_dump(conf).encode(),
-                                                  f"{PATH}/latest_ckpt.safetensors": st_bytes(
-                                                      {("D" if k == "W_dec" else "b" if k == "b_dec" else "E" if k == "W_enc" else k): v
-                                                       for k, v in state.items()})})
+    published = {"W_dec": "D", "b_dec": "b", "W_enc": "E"}   # the temporalSAEs checkpoint names
+    add_repo(hub_cache, "canrager/temporalSAEs", {
+        f"{PATH}/conf.yaml": yaml.safe_dump(conf).encode(),
+        f"{PATH}/latest_ckpt.safetensors": st_bytes({published.get(k, k): v for k, v in state.items()})})
     ref = saelens_ref(REL, SAE_ID, monkeypatch)
     x = torch.randn(1, 6, d, generator=g)
     y = x.clone()
