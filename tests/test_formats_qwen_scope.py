@@ -33,3 +33,14 @@ def test_equals_saelens(cache, monkeypatch):
     report("qwen_scope", compare(ours, ref, x))
     with torch.no_grad():
         assert int((ours.encode(x) > 0).sum(-1).max()) <= 50
+
+
+def test_local_file_detected_and_converted(cache, tmp_path):
+    from saescope.cli import main
+
+    registered = SAE.from_pretrained("qwen-scope-3-1.7b-base-w32k-l50", "layer5")
+    local = registered.path / "layer5.sae.pt"        # inside the hub cache: the repo name gives k
+    assert SAE.load(local).cfg.k == 50
+    assert main(["convert", str(local), str(tmp_path / "native"), "--format", "qwen_scope"]) == 0
+    native = SAE.load(tmp_path / "native")
+    assert native.cfg.k == 50 and torch.equal(native.W_enc, registered.W_enc)

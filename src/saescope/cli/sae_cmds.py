@@ -30,6 +30,9 @@ def register(sub) -> None:
                                    "RELEASE:SAE_ID and write the native format.")
     p.add_argument("src", help="checkpoint path or RELEASE:SAE_ID")
     p.add_argument("dst", help="destination directory (must not exist)")
+    p.add_argument("--format", default=None, metavar="FMT",
+                   help="read SRC (a local path) as this format or release family (e.g. qwen_scope, goodfire, "
+                        "deepseek_r1, plt_transcoder, clt_layer; see docs/formats.md) instead of detecting it")
     p.add_argument("--json", action="store_true", help="print the written config as JSON")
     p.set_defaults(handler=cmd_convert)
 
@@ -89,7 +92,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     dst = Path(args.dst)
     if dst.exists():
         raise InputError(f"{dst}: destination exists; choose a new directory (convert never overwrites)")
-    sae = SAE.from_spec(args.src)
+    if args.format:
+        from ..sae.formats import load_sae
+
+        if not Path(args.src).expanduser().exists():
+            raise InputError(f"{args.src}: --format needs a local path (a RELEASE:SAE_ID knows its format)")
+        sae = load_sae(args.src, fmt=args.format)
+    else:
+        sae = SAE.from_spec(args.src)
     sae.save(dst)
     if args.json:
         print_json(sae.cfg.to_dict())

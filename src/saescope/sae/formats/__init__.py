@@ -35,7 +35,7 @@ def detect(path) -> str:
         return "dictionary_learning"
     if gemma_scope.detect(path):
         return "gemma_scope"
-    for fmt in ("gemma_scope_2", "llama_scope"):  # release families with a self-describing folder
+    for fmt in ("gemma_scope_2", "llama_scope", "qwen_scope"):  # release families recognisable by their layout
         if families.module(fmt).detect(path):
             return fmt
     if attn_z.detect(path):

@@ -25,6 +25,10 @@ def files(path: str) -> list[tuple[str, bool]]:
     return [(path, True)]
 
 
+def detect(path: Path) -> bool:
+    return path.is_file() and re.fullmatch(r"layer\d+\.sae\.pt", path.name) is not None
+
+
 def k_of(info: dict, local: Path) -> int:
     """TopK ``k``: the registry's, else the ``L0_K`` of the repo name (also found in a hub-cache path)."""
     if info.get("k") is not None:
