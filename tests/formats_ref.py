@@ -89,5 +89,5 @@ def compare(ours, ref, x: torch.Tensor, tol: float = 1e-5) -> float:
     return max(errs.values())
 
 
-def report(family: str, err: float) -> None:
-    print(f"\n[vs SAELens] {family}: max relative error {err:.2e}")
+def report(family: str, err: float, peer: str = "SAELens 6.54.12") -> None:
+    print(f"\n[vs {peer}] {family}: max relative error {err:.2e}")

@@ -58,7 +58,7 @@ def test_equals_saelens_encode_and_summed_decoder(snapshot, monkeypatch):
             summed = ours(x).unflatten(-1, (N_LAYERS - i, D)).sum(-2)
             errs += [rel_err(f, f_ref), rel_err(summed, ref(x))]
     assert max(errs) < 1e-5, errs
-    report("clt_layer vs SAELens (features, summed decoder)", max(errs))
+    report("clt_layer (features, summed decoder)", max(errs))
 
 
 def _reassemble(saes, x_all):
@@ -94,5 +94,5 @@ def test_reconstruction_equals_circuit_tracer(snapshot, tmp_path, threshold):
         f_err = max(rel_err(s.encode(x_all[i]), feats[i]) for i, s in enumerate(saes))
         r_err = rel_err(_reassemble(saes, x_all), recon)
     assert max(f_err, r_err) < 1e-5, (f_err, r_err)
-    report(f"clt_layer ({'jumprelu' if threshold else 'relu'}) vs circuit-tracer (features, all-layer reconstruction)",
-           max(f_err, r_err))
+    report(f"clt_layer ({'jumprelu' if threshold else 'relu'}; features, all-layer reconstruction)",
+           max(f_err, r_err), peer="circuit-tracer 0.5.0")

@@ -73,7 +73,7 @@ def test_jumprelu_skip_variant_equals_circuit_tracer(tmp_path):
         assert 0.05 < float((f_ref > 0).float().mean()) < 0.95
         err = max(rel_err(f, f_ref), rel_err(ours(x), ref(x)))
     assert err < 1e-5
-    report("plt_transcoder (JumpReLU + W_skip) vs circuit-tracer", err)
+    report("plt_transcoder (JumpReLU + W_skip)", err, peer="circuit-tracer 0.5.0")
 
 
 def test_negative_threshold_refused(tmp_path):
