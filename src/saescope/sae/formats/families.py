@@ -59,7 +59,7 @@ def read(fmt: str, local: Path, info: dict | None = None):
     return module(fmt).read(Path(local), dict(info or {}))
 
 
-# ---- helpers shared by the family modules ------------------------------------------------------------
+# ---- shared by the family modules ------ ------------------------------------------------------------
 def layer_of(text: str, pattern: str, what: str) -> int:
     """The layer number captured by ``pattern`` in ``text``, or CheckpointError naming ``what``."""
     m = re.search(pattern, text)
