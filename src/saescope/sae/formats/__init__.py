@@ -11,6 +11,7 @@ import torch
 
 from ...errors import CheckpointError
 from . import attn_z, dictionary_learning, gemma_scope, openai, saelens, sparsify
+from . import families
 from .common import load_pt
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ def detect(path) -> str:
         return "dictionary_learning"
     if gemma_scope.detect(path):
         return "gemma_scope"
+    for fmt in ("gemma_scope_2", "llama_scope", "qwen_scope"):  # release families recognisable by their layout
+        if families.module(fmt).detect(path):
+            return fmt
     if attn_z.detect(path):
         return "attn_z"
     if path.is_file() and path.suffix in (".pt", ".pth"):
@@ -47,10 +51,14 @@ def detect(path) -> str:
     raise CheckpointError(f"{path}: not a recognised SAE checkpoint (formats: {', '.join(FORMATS)}; see docs/formats.md)")
 
 
-def read(path, fmt: str | None = None):
-    """``(SAEConfig, state dict with SAELens names, log_sparsity or None, resolved path)``."""
+def read(path, fmt: str | None = None, info: dict | None = None):
+    """``(SAEConfig, state dict with SAELens names, log_sparsity or None, resolved path)``. With ``info`` (what
+    the registry knows of a release's SAE) or a release-family format, the family reader is used (families.py)."""
     path = Path(path).expanduser()
     fmt = fmt or detect(path)
+    if info is not None or fmt in families.NEW_FORMATS:
+        cfg, state, sparsity = families.read(fmt, path, info)
+        return cfg, state, sparsity, path
     if path.is_file() and fmt in ("saelens", "sparsify", "dictionary_learning") and path.suffix != ".pt":
         path = path.parent
     if fmt == "saelens":
@@ -78,12 +86,12 @@ def read(path, fmt: str | None = None):
     return cfg, state, sparsity, path
 
 
-def load_sae(path, device=None, dtype=None, fmt: str | None = None):
+def load_sae(path, device=None, dtype=None, fmt: str | None = None, info: dict | None = None):
     """Load an SAE from any supported format; sets ``sae.path`` and ``sae.log_sparsity``."""
     from ..model import SAE
 
     try:
-        cfg, state, sparsity, resolved = read(path, fmt)
+        cfg, state, sparsity, resolved = read(path, fmt, info)
     except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as exc:
         # Loaders parse untrusted files: any malformed field that slips past their own checks is the file's fault.
         raise CheckpointError(f"{path}: malformed checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
