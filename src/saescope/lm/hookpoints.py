@@ -6,21 +6,25 @@ each kind; ``lm/model.py`` turns that into PyTorch forward (pre-)hooks:
     kind               HF location (per family)                              read from / written to
     hook_resid_pre     block L                                               the block's input (forward pre-hook)
     attn.hook_z        attention output projection (c_proj/dense/o_proj)     its input, viewed [b, pos, n_heads, d_head]
-    hook_attn_out      attention module (or its post-norm, Gemma-2)          its output
+    hook_attn_out      attention module (or its post-norm, Gemma-2/3)        its output
     hook_resid_mid     computed at the attention output: resid_pre + attn_out  (absent for parallel residual)
-    mlp.hook_post      MLP down projection (c_proj/dense_4h_to_h/down_proj)  its input
-    hook_mlp_out       MLP module (or its post-norm, Gemma-2)                its output
+    mlp.hook_post      MLP down projection (c_proj/dense_4h_to_h/down_proj)  its input (absent for mixture-of-experts)
+    hook_mlp_out       MLP module (or its post-norm, Gemma-2/3)              its output (MoE: the router-weighted sum)
     hook_resid_post    block L                                               the block's output
 
+A submodule path may list alternatives, ``"self_attn|linear_attn"``: each block uses the first one it has (hybrid
+models whose layers differ). A kind whose module a block lacks is unavailable at that layer, with the reason the
+family gives in ``absent`` (``unavailable_hooks``); a missing module without a reason is a load error.
+
 To add a family: write a ``Family(...)`` naming the submodules and add it to ``FAMILIES`` under every
-``config.model_type`` it covers.
+``config.model_type`` it covers; add a random-weight model of it to ``tests/model_zoo.py``.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..errors import HookError
+from ..errors import HookError, ModelLoadError
 
 # Order within one layer = order of execution in the forward pass (used for early exit).
 KINDS = (
@@ -41,40 +45,112 @@ class Family:
     """Where the hook points of one model family live, as dotted submodule paths.
 
     ``layers``, ``final_norm`` are relative to the ``*ForCausalLM`` model; the others are relative to one block.
+    A path may list alternatives separated by ``|`` (the first the block has); ``None`` means the family never
+    has that module. ``absent`` gives, per kind, the one-line reason shown when a block lacks the module of that
+    kind; it may use ``{hook}``, ``{layer}``, ``{model}`` and ``{family}``.
     """
 
     name: str
     layers: str                 # ModuleList of blocks
     final_norm: str             # final LayerNorm / RMSNorm
     attn_out: str               # module whose output is hook_attn_out
-    attn_o_proj: str            # module whose input is attn.hook_z (flattened heads)
+    attn_o_proj: str | None     # module whose input is attn.hook_z (flattened heads)
     mlp_out: str                # module whose output is hook_mlp_out
-    mlp_down: str               # module whose input is mlp.hook_post
-    default_prepend_bos: bool = True
+    mlp_down: str | None        # module whose input is mlp.hook_post
+    default_prepend_bos: bool = True            # TransformerLens 3.9's default for the family
     parallel_residual_attr: str | None = None   # config attribute that switches on the parallel residual
+    d_mlp_attr: str | None = None               # config attribute holding d_mlp, if not intermediate_size/n_inner
+    absent: tuple[tuple[str, str], ...] = ()    # (kind, reason) for kinds a block may lack
+
+    def reason_absent(self, kind: str) -> str | None:
+        return dict(self.absent).get(kind)
 
 
 GPT2 = Family("gpt2", layers="transformer.h", final_norm="transformer.ln_f", attn_out="attn",
               attn_o_proj="attn.c_proj", mlp_out="mlp", mlp_down="mlp.c_proj")
 GPT_NEOX = Family("gpt_neox", layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm",
                   attn_out="attention", attn_o_proj="attention.dense", mlp_out="mlp", mlp_down="mlp.dense_4h_to_h",
-                  parallel_residual_attr="use_parallel_residual")
+                  default_prepend_bos=False, parallel_residual_attr="use_parallel_residual")
 LLAMA = Family("llama", layers="model.layers", final_norm="model.norm", attn_out="self_attn",
                attn_o_proj="self_attn.o_proj", mlp_out="mlp", mlp_down="mlp.down_proj")
-# Gemma-2 normalises each sublayer's output before adding it to the residual ("sandwich" norms);
+# Qwen: the llama layout (Qwen3 adds q/k norms inside the attention); TransformerLens prepends no BOS by default.
+QWEN = replace(LLAMA, name="qwen", default_prepend_bos=False)
+# Gemma-2 and Gemma-3 normalise each sublayer's output before adding it to the residual ("sandwich" norms);
 # TransformerLens's hook_attn_out / hook_mlp_out sit after those norms.
 GEMMA2 = Family("gemma2", layers="model.layers", final_norm="model.norm", attn_out="post_attention_layernorm",
                 attn_o_proj="self_attn.o_proj", mlp_out="post_feedforward_layernorm", mlp_down="mlp.down_proj")
+GEMMA3 = replace(GEMMA2, name="gemma3")
+# Gemma-3 4B and larger are published with a vision tower (Gemma3ForConditionalGeneration): the text model is nested.
+GEMMA3_MULTIMODAL = replace(GEMMA3, layers="model.language_model.layers", final_norm="model.language_model.norm")
+# Qwen3.5: most layers are linear attention (Gated DeltaNet, "linear_attn"), every few a gated softmax attention
+# ("self_attn"); the token mixer's output is hook_attn_out either way, attn.hook_z only exists on the latter.
+QWEN3_5 = replace(QWEN, name="qwen3_5", attn_out="self_attn|linear_attn", absent=(
+    ("attn.hook_z", "{hook} is not available: layer {layer} of {model} is a linear-attention (Gated DeltaNet) "
+                    "layer; attn.hook_z exists on its softmax-attention layers only"),))
+# Mixture of experts: hook_mlp_out is the MoE block's output (router-weighted sum of the chosen experts); there is no
+# single down projection, so no mlp.hook_post. d_mlp is one expert's hidden width.
+QWEN3_MOE = replace(QWEN, name="qwen3_moe", mlp_down=None, d_mlp_attr="moe_intermediate_size", absent=(
+    ("mlp.hook_post", "mlp.hook_post is not available for mixture-of-experts MLPs (model {model}, {family}); "
+                      "use blocks.{layer}.hook_mlp_out"),))
 
 FAMILIES: dict[str, Family] = {
     "gpt2": GPT2,
     "gpt_neox": GPT_NEOX,
     "llama": LLAMA,
     "mistral": LLAMA,
-    "qwen2": LLAMA,
+    "qwen2": QWEN,
+    "qwen3": QWEN,
+    "qwen3_5": QWEN3_5,            # multimodal checkpoints load text-only as Qwen3_5ForCausalLM
+    "qwen3_5_text": QWEN3_5,
+    "qwen3_moe": QWEN3_MOE,
     "gemma": LLAMA,
     "gemma2": GEMMA2,
+    "gemma3_text": GEMMA3,
+    "gemma3": GEMMA3_MULTIMODAL,
 }
+
+
+def find_submodule(root, path: str):
+    """``root.get_submodule`` for a path that may list ``|``-separated alternatives; None if none exists."""
+    for alt in path.split("|"):
+        try:
+            return root.get_submodule(alt)
+        except AttributeError:
+            continue
+    return None
+
+
+def submodule(root, path: str):
+    """The submodule at ``path`` (alternatives allowed); AttributeError naming the path if there is none."""
+    found = find_submodule(root, path)
+    if found is None:
+        raise AttributeError(f"{type(root).__name__} has no submodule {path!r}")
+    return found
+
+
+_KIND_PATHS = (("hook_attn_out", "attn_out"), ("attn.hook_z", "attn_o_proj"), ("mlp.hook_post", "mlp_down"),
+               ("hook_mlp_out", "mlp_out"))
+
+
+def unavailable_hooks(family: Family, layers, model: str) -> dict[str, str]:
+    """{hook name: one-line reason} for the hooks this model's blocks lack (e.g. MoE ``mlp.hook_post``).
+
+    Checks every block against the family map; a module missing without a reason in ``family.absent`` raises
+    ``ModelLoadError`` (the map does not fit this model), so a wrong map fails at load, not at the first hook.
+    """
+    out = {}
+    for layer, block in enumerate(layers):
+        for kind, field in _KIND_PATHS:
+            path = getattr(family, field)
+            if path is not None and find_submodule(block, path) is not None:
+                continue
+            reason = family.reason_absent(kind)
+            if reason is None:
+                raise ModelLoadError(f"model {model} does not fit the {family.name} family map: block {layer} "
+                                     f"({type(block).__name__}) has no submodule {path!r} for {kind}")
+            hook = f"blocks.{layer}.{kind}"
+            out[hook] = reason.format(hook=hook, layer=layer, model=model, family=family.name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -96,14 +172,19 @@ def family_kinds(parallel_residual: bool) -> tuple[str, ...]:
     return tuple(k for k in KINDS if not (parallel_residual and k == "hook_resid_mid"))
 
 
-def all_hook_names(n_layers: int, parallel_residual: bool) -> list[str]:
-    """Every hook name of a model, in execution order."""
+def all_hook_names(n_layers: int, parallel_residual: bool, unavailable: dict[str, str] | None = None) -> list[str]:
+    """Every hook name of a model, in execution order (without those in ``unavailable``)."""
     kinds = family_kinds(parallel_residual)
-    return [f"blocks.{layer}.{kind}" for layer in range(n_layers) for kind in kinds]
+    names = [f"blocks.{layer}.{kind}" for layer in range(n_layers) for kind in kinds]
+    return [n for n in names if n not in unavailable] if unavailable else names
 
 
-def parse_hook(name: str, n_layers: int, parallel_residual: bool) -> HookPoint:
-    """Parse and validate a hook name; raise ``HookError`` (one line, listing the valid names) if it is wrong."""
+def parse_hook(name: str, n_layers: int, parallel_residual: bool,
+               unavailable: dict[str, str] | None = None) -> HookPoint:
+    """Parse and validate a hook name; raise ``HookError`` (one line, listing the valid names) if it is wrong.
+
+    ``unavailable``: {hook name: reason} from ``unavailable_hooks``; such a hook raises ``HookError(reason)``.
+    """
     if not isinstance(name, str):
         raise HookError(f"hook name must be a string, got {type(name).__name__} {name!r}")
     kinds = family_kinds(parallel_residual)
@@ -116,4 +197,6 @@ def parse_hook(name: str, n_layers: int, parallel_residual: bool) -> HookPoint:
     layer = int(m.group(1))
     if not 0 <= layer < n_layers:
         raise HookError(f"layer {layer} out of range in hook {name!r}: this model has layers 0..{n_layers - 1}")
+    if unavailable and f"blocks.{layer}.{m.group(2)}" in unavailable:
+        raise HookError(unavailable[f"blocks.{layer}.{m.group(2)}"])
     return HookPoint(name, layer, m.group(2))

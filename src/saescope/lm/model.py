@@ -19,7 +19,7 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 
 from ..errors import HookError, InputError, ModelLoadError, NumericsError
-from .hookpoints import FAMILIES, Family, HookPoint, all_hook_names, parse_hook
+from .hookpoints import FAMILIES, Family, HookPoint, all_hook_names, parse_hook, submodule, unavailable_hooks
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _wants_context(fn: Callable) -> bool:
 
 
 def _get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    return root.get_submodule(path)
+    return submodule(root, path)   # path may list alternatives "a|b" (hybrid layers)
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -216,12 +216,13 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.name = name
         self.family = family
-        cfg = hf_model.config
+        cfg = hf_model.config.get_text_config()   # multimodal checkpoints nest the language model's config
         parallel = bool(getattr(cfg, family.parallel_residual_attr, False)) if family.parallel_residual_attr else False
         d_model = int(cfg.hidden_size)
         n_heads = int(cfg.num_attention_heads)
         d_head = int(getattr(cfg, "head_dim", None) or d_model // n_heads)
-        d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d_model
+        d_mlp = (getattr(cfg, family.d_mlp_attr, None) if family.d_mlp_attr else None) \
+            or getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d_model
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(cfg, "bos_token_id", None)
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(cfg, "eos_token_id", None)
         if isinstance(eos, (list, tuple)):
@@ -233,6 +234,7 @@ class LanguageModel:
             default_prepend_bos=family.default_prepend_bos and bos is not None,
             bos_token_id=bos, eos_token_id=eos, parallel_residual=parallel)
         self._layers = _get_submodule(hf_model, family.layers)
+        self._unavailable = unavailable_hooks(family, self._layers, name)   # {hook: reason}, e.g. MoE mlp.hook_post
         self._edits: list[tuple[HookPoint, Callable, bool]] = []
         self._pass: _Pass | None = None
         pad = tokenizer.pad_token_id
@@ -280,7 +282,8 @@ class LanguageModel:
             raise ModelLoadError(f"cannot load the tokenizer from {folder}: "
                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
         hf_model.to(dev)
-        log.info("loaded %s (%s, %d layers) from %s on %s", name, family.name, config.num_hidden_layers, folder, dev)
+        log.info("loaded %s (%s, %d layers) from %s on %s", name, family.name, config.get_text_config().num_hidden_layers,
+                 folder, dev)
         return cls(hf_model, tokenizer, name, family)
 
     @property
@@ -299,10 +302,10 @@ class LanguageModel:
     # ------------------------------------------------------------------ hook names
     def hook_names(self) -> list[str]:
         """Every valid hook name of this model, in execution order."""
-        return all_hook_names(self.info.n_layers, self.info.parallel_residual)
+        return all_hook_names(self.info.n_layers, self.info.parallel_residual, self._unavailable)
 
     def _hook(self, name: str) -> HookPoint:
-        return parse_hook(name, self.info.n_layers, self.info.parallel_residual)
+        return parse_hook(name, self.info.n_layers, self.info.parallel_residual, self._unavailable)
 
     def hook_width(self, hook: str) -> int:
         """Last-dim size of the activation at ``hook`` (attn.hook_z: d_head, with n_heads before it)."""
