@@ -406,3 +406,43 @@ def test_missing_bundled_model_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         LanguageModel.from_pretrained("tiny")
     assert str(tmp_path) in _one_line(e)
+
+
+# ----------------------------------------------------------------------------------------------- hook signature
+def test_hook_signature_ctx_only_by_keyword(gpt2_lm):
+    """fn(act) or fn(act, *, ctx): the context goes to a parameter named ctx (or **kwargs), never to another one."""
+    hook, seen = "blocks.2.hook_resid_pre", {}
+
+    def scaled(act, alpha=1.0):                 # used to receive the HookContext as alpha
+        seen["alpha"] = alpha
+        return act * alpha
+
+    def keyword_only(act, *, ctx):
+        seen["kw"] = ctx
+        return None
+
+    def var_kw(act, **kwargs):
+        seen["var"] = kwargs
+        return act
+
+    class Callable_:
+        def __call__(self, act, ctx=None):
+            seen["method"] = ctx
+            return act
+
+    plain = gpt2_lm.run(TEXTS[0], capture=hook)[hook]
+    with gpt2_lm.intervene({hook: scaled}):
+        got = gpt2_lm.run(TEXTS[0], capture=hook)[hook]
+    assert seen["alpha"] == 1.0 and torch.equal(got, plain)
+    with gpt2_lm.intervene({hook: keyword_only}), gpt2_lm.intervene({hook: var_kw}), \
+            gpt2_lm.intervene({hook: Callable_()}):
+        gpt2_lm.run(TEXTS[0], capture=hook)
+    assert isinstance(seen["kw"], HookContext) and seen["kw"].hook == hook and seen["kw"].step == 0
+    assert set(seen["var"]) == {"ctx"} and isinstance(seen["var"]["ctx"], HookContext)
+    assert isinstance(seen["method"], HookContext)
+    for bad in (lambda act, alpha: act, lambda: None):
+        with pytest.raises(InputError) as e:
+            with gpt2_lm.intervene({hook: bad}):
+                pass
+        assert hook in _one_line(e) and "fn(act" in str(e.value)
+    assert gpt2_lm._edits == []

@@ -51,16 +51,29 @@ class _Pass:
         self.resid_pre: dict[int, torch.Tensor] = {}
 
 
-def _wants_context(fn: Callable) -> bool:
-    """True when ``fn`` takes a second positional argument (the HookContext)."""
+def _wants_context(fn: Callable, hook: str) -> bool:
+    """True when ``fn`` takes the HookContext: it has a parameter named ``ctx`` or ``**kwargs``.
+
+    The one documented signature is ``fn(act)`` or ``fn(act, *, ctx)``; a function that cannot be called as
+    ``fn(act)`` / ``fn(act, ctx=...)`` is refused here, before any forward pass, with a one-line InputError.
+    """
     try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):      # builtins and the like: called as fn(act)
         return False
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
-        return True
-    return len(positional) >= 2
+    params = sig.parameters
+    ctx = params.get("ctx")
+    if ctx is not None and ctx.kind == ctx.POSITIONAL_ONLY:
+        raise InputError(f"intervention for {hook}: its ctx parameter is positional-only; declare it as "
+                         "fn(act, *, ctx) so saescope can pass the context by keyword")
+    wants = (ctx is not None and ctx.kind != ctx.VAR_POSITIONAL) or \
+        any(p.kind == p.VAR_KEYWORD for p in params.values())
+    try:
+        sig.bind(None, **({"ctx": None} if wants else {}))
+    except TypeError:
+        raise InputError(f"intervention for {hook} has signature {sig}; it must be callable as fn(act) or "
+                         "fn(act, *, ctx) (other parameters need defaults)") from None
+    return wants
 
 
 class HooksMixin:
@@ -75,7 +88,7 @@ class HooksMixin:
                 continue
             if wants_ctx:
                 ctx = HookContext(hp.name, state.positions, state.prompt_lengths, state.step)
-                out = fn(act, ctx)
+                out = fn(act, ctx=ctx)
             else:
                 out = fn(act)
             if out is not None:
@@ -202,7 +215,9 @@ class HooksMixin:
     def intervene(self, edits: dict[str, Callable]) -> Iterator[None]:
         """Apply ``{hook: fn}`` to every forward pass inside the block (``lm(...)``, ``run``, ``generate``).
 
-        ``fn(act) -> act`` or ``fn(act, ctx: HookContext) -> act`` (chosen from its signature); returning None
+        ``fn(act) -> act | None`` or ``fn(act, *, ctx) -> act | None``: the HookContext is passed as the keyword
+        ``ctx=`` exactly when ``fn`` has a parameter named ``ctx`` (or ``**kwargs``); any other parameter needs a
+        default and is never filled (``def f(act, alpha=1.0)`` gets ``alpha=1.0``). Returning None
         keeps the (possibly in-place edited) ``act``. The returned tensor is what flows on through the model.
         Nested blocks and several functions at one hook compose in the order they were entered/listed.
         During ``generate`` each KV-cached step shows ``fn`` only the new position (pos = 1);
@@ -215,7 +230,7 @@ class HooksMixin:
             hp = self._hook(name)
             if not callable(fn):
                 raise InputError(f"intervention for {name} is not callable: {fn!r}")
-            added.append((hp, fn, _wants_context(fn)))
+            added.append((hp, fn, _wants_context(fn, name)))
         self._edits.extend(added)
         try:
             yield
