@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from saescope.errors import HookError, InputError, ModelLoadError, SaescopeError
+from saescope.errors import HookError, InputError, ModelLoadError, NumericsError, SaescopeError
 from saescope.lm import HookContext, LanguageModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
@@ -446,3 +446,48 @@ def test_hook_signature_ctx_only_by_keyword(gpt2_lm):
                 pass
         assert hook in _one_line(e) and "fn(act" in str(e.value)
     assert gpt2_lm._edits == []
+
+
+# ----------------------------------------------------------------------------------------------- sampling, syncs
+@pytest.mark.parametrize("temperature", [1e-45, 1e-320, 5e-324])
+def test_tiny_temperature_is_greedy_and_finite(gpt2_lm, temperature):
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 30
+    g = torch.Generator().manual_seed(1)
+    for top_p in (1.0, 0.5):
+        assert torch.equal(LanguageModel._pick(logits, True, temperature, top_p, g), logits.argmax(-1))
+    kw = dict(max_new_tokens=6, do_sample=True, temperature=temperature, seed=3)
+    assert torch.equal(gpt2_lm.generate(TEXTS[1], **kw), gpt2_lm.generate(TEXTS[1], max_new_tokens=6))
+    hot = gpt2_lm.generate(TEXTS[1], max_new_tokens=6, do_sample=True, temperature=100.0, top_p=0.9, seed=3)
+    assert hot.shape == (1, gpt2_lm.to_tokens(TEXTS[1]).shape[1] + 6)
+
+
+def test_generation_syncs_with_the_host_only_every_few_steps(gpt2_lm, monkeypatch):
+    """The KV-cached loop reads no device value per token: NaN/inf and EOS flags are checked every CHECK_EVERY steps."""
+    import sys
+
+    from saescope.lm import generate as gen_mod
+
+    calls = []
+    for attr in ("__bool__", "item", "tolist", "__int__", "__float__"):
+        orig = getattr(torch.Tensor, attr)
+
+        def spy(self, *a, _orig=orig, **k):
+            if sys._getframe(1).f_code.co_filename == gen_mod.__file__:
+                calls.append(sys._getframe(1).f_lineno)
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, spy)
+    n = 40
+    out = gpt2_lm.generate(TEXTS[1], max_new_tokens=n)
+    assert out.shape[1] == gpt2_lm.to_tokens(TEXTS[1]).shape[1] + n
+    assert 0 < len(calls) <= n // gen_mod.CHECK_EVERY + 2, calls
+
+
+def test_nan_during_generation_is_one_line(gpt2_lm):
+    def poison(act, *, ctx):
+        return act * float("nan") if ctx.step == 3 else act
+
+    with gpt2_lm.intervene({"blocks.4.hook_mlp_out": poison}):
+        with pytest.raises(NumericsError) as e:
+            gpt2_lm.generate(TEXTS[1], max_new_tokens=20, do_sample=True, seed=0)
+    assert "step 4" in _one_line(e)          # the pass of generated token 3 yields the 4th token's logits
