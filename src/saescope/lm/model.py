@@ -24,14 +24,19 @@ __all__ = ["LanguageModel", "ModelInfo", "HookContext", "Tokens"]
 class LanguageModel(TokensMixin, HooksMixin):
     """A Hugging Face causal LM with TransformerLens hook names (``blocks.{L}.hook_resid_pre`` ...).
 
-    Attributes: ``name``, ``info`` (ModelInfo), ``hf_model``, ``tokenizer``, ``device``, ``dtype``, ``family``.
+    Attributes: ``name``, ``info`` (ModelInfo), ``hf_model``, ``tokenizer``, ``device``, ``dtype``, ``family``;
+    ``source`` ("bundled", "local", "hub", or None when built directly from an HF model object), ``is_local`` and
+    ``path`` (the resolved model directory), decided once by the path rule of ``lm/loading.py``.
     """
 
-    def __init__(self, hf_model, tokenizer, name: str, family: Family):
+    def __init__(self, hf_model, tokenizer, name: str, family: Family, source: str | None = None,
+                 path=None):
         self.hf_model = hf_model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.family = family
+        self.source = source
+        self.path = path
         self.info = build_info(hf_model, tokenizer, family)
         self._layers = hf_model.get_submodule(family.layers)
         self._edits: list[tuple[HookPoint, Callable, bool]] = []
@@ -51,7 +56,14 @@ class LanguageModel(TokensMixin, HooksMixin):
         from .loading import load
 
         loaded = load(name_or_path, device=device, dtype=dtype)
-        return cls(loaded.hf_model, loaded.tokenizer, loaded.where.name, loaded.family)
+        where = loaded.where
+        return cls(loaded.hf_model, loaded.tokenizer, where.name, loaded.family, source=where.source,
+                   path=where.folder)
+
+    @property
+    def is_local(self) -> bool:
+        """True for the bundled model and local directories (no hub involved)."""
+        return self.source in ("bundled", "local")
 
     @property
     def device(self) -> torch.device:
@@ -153,6 +165,11 @@ class LanguageModel(TokensMixin, HooksMixin):
     def unembed_matrix(self) -> torch.Tensor:
         """W_U [d_model, d_vocab] (a view of the output embedding)."""
         return self.hf_model.get_output_embeddings().weight.T
+
+    def unembed_bias(self) -> torch.Tensor | None:
+        """b_U [d_vocab] of the output layer, or None when it has no bias (most families)."""
+        bias = getattr(self.hf_model.get_output_embeddings(), "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
 
     def final_norm(self) -> torch.nn.Module:
         """The final LayerNorm/RMSNorm, applied before W_U (for direct logit attribution and the logit lens)."""
