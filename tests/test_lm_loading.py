@@ -37,3 +37,79 @@ def test_every_spelling_of_a_directory_is_the_same_local_model(gpt2_dir, gpt2_hu
     with pytest.raises(ModelLoadError) as e:
         LanguageModel.from_pretrained("gpt2", device="cpu")
     assert "config.json" in _one_line(e)
+
+
+def _peak_rss_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:       # resets VmHWM (peak RSS) of this process
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.fixture(scope="module")
+def small_gpt2(tmp_path_factory):
+    import model_zoo
+
+    return model_zoo.make("gpt2", tmp_path_factory.mktemp("small-gpt2"))
+
+
+def _with_config(src, dst, safetensors: bool = True, **changes):
+    import json
+
+    shutil.copytree(src, dst)
+    if not safetensors:
+        from safetensors.torch import load_file
+
+        torch.save(load_file(dst / "model.safetensors"), dst / "pytorch_model.bin")
+        (dst / "model.safetensors").unlink()
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("field,value,safetensors", [
+    ("n_layer", 100_000, True), ("n_layer", 4000, True), ("n_embd", 1_000_000, True), ("n_inner", 2_000_000, True),
+    ("vocab_size", 10**9, True), ("vocab_size", 5_000_000, True), ("n_positions", 5_000_000, True),
+    ("n_layer", 4000, False), ("n_embd", 100_000, False)])
+def test_config_that_the_weights_cannot_back_is_refused_fast(small_gpt2, tmp_path, field, value, safetensors):
+    import time
+
+    folder = _with_config(small_gpt2, tmp_path / "bomb", safetensors, **{field: value})
+    tracked = _peak_rss_reset()
+    before = _peak_rss()
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained(str(folder), device="cpu")
+    seconds, grown = time.perf_counter() - t0, _peak_rss() - before
+    msg = _one_line(e)
+    assert "config.json" in msg and field in msg, msg
+    assert seconds < 2.0, seconds
+    if tracked:
+        assert grown < 300 * 2**20, grown
+    print(f"{field}={value} ({'safetensors' if safetensors else 'bin'}): refused in {seconds * 1e3:.0f} ms, "
+          f"peak RSS +{grown / 2**20:.1f} MiB: {msg}")
+
+
+def test_missing_weights_are_an_error_not_random_values(small_gpt2, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _with_config(small_gpt2, tmp_path / "partial")
+    sd = load_file(folder / "model.safetensors")
+    del sd["transformer.h.1.mlp.c_fc.weight"]
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained(str(folder), device="cpu")
+    assert "transformer.h.1.mlp.c_fc.weight" in _one_line(e)
+    with open(folder / "model.safetensors", "r+b") as f:          # a header length past the end of the file
+        f.write((10**9).to_bytes(8, "little"))
+    with pytest.raises(ModelLoadError) as e:
+        LanguageModel.from_pretrained(str(folder), device="cpu")
+    assert "model.safetensors" in _one_line(e)

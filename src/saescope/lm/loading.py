@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from ..errors import InputError, ModelLoadError
+from . import preflight
 from .hookpoints import FAMILIES, Family
 
 log = logging.getLogger(__name__)
@@ -146,6 +149,47 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# transformers' loggers whose loading chatter saescope replaces by its own checks (missing weights are an error
+# below, the progress bar follows saescope's setting); silenced only for the duration of a load
+# (transformers 5.x checks its tensor-parallel plan, and warns about it, when modeling_utils is quieter than WARNING)
+_CHATTY = ("transformers.modeling_utils", "transformers.utils.loading_report", "transformers.configuration_utils",
+           "transformers.generation.configuration_utils", "transformers.tokenization_utils_base",
+           "transformers.distributed.tensor_parallel")
+
+
+@contextmanager
+def quiet_transformers(names: tuple[str, ...] = _CHATTY) -> Iterator[None]:
+    """Raise the named transformers loggers to ERROR for the duration of the block, then restore them."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, before):
+            lg.setLevel(level)
+
+
+def _load_weights(auto_cls, folder: Path, torch_dtype: torch.dtype):
+    """from_pretrained in ``torch_dtype``; weights missing from the checkpoint are an error, not random values."""
+    try:
+        with quiet_transformers():
+            hf_model, info = auto_cls.from_pretrained(folder, trust_remote_code=False, output_loading_info=True,
+                                                      dtype=torch_dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model weights from {folder}: {_first_line(exc)}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelLoadError(f"{folder}: the weights lack {missing[0]}{more}; they do not match config.json")
+    if info.get("unexpected_keys"):
+        log.info("%s: ignored %d unexpected weights", folder, len(info["unexpected_keys"]))
+    if hf_model.dtype != torch_dtype:      # older transformers know only torch_dtype= and ignore dtype=
+        hf_model.to(torch_dtype)
+    return hf_model
+
+
 @dataclass
 class Loaded:
     hf_model: object
@@ -170,6 +214,7 @@ def load(name_or_path, device=None, dtype=None) -> Loaded:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    preflight.check(folder, torch.finfo(torch_dtype).bits // 8)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as exc:
@@ -179,12 +224,10 @@ def load(name_or_path, device=None, dtype=None) -> Loaded:
         raise ModelLoadError(f"unsupported architecture {config.model_type!r} in {folder / 'config.json'} "
                              f"(model_type); supported: {', '.join(sorted(FAMILIES))} "
                              "(add a family in saescope/lm/hookpoints.py)")
+    hf_model = _load_weights(AutoModelForCausalLM, folder, torch_dtype)
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load model weights from {folder}: {_first_line(exc)}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer from {folder}: {_first_line(exc)}") from None
     hf_model.to(dev)

@@ -38,7 +38,8 @@ class TokensMixin:
             if not isinstance(t, str):
                 raise InputError(f"text must be a string, got {type(t).__name__}")
         bos = self._prepend(prepend_bos)
-        enc = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        # verbose=False: no "sequence longer than the maximum" warning; saescope checks and cuts contexts itself
+        enc = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
         out = []
         for ids in enc:
             ids = ([self.info.bos_token_id] if bos else []) + list(ids)
