@@ -491,3 +491,46 @@ def test_nan_during_generation_is_one_line(gpt2_lm):
         with pytest.raises(NumericsError) as e:
             gpt2_lm.generate(TEXTS[1], max_new_tokens=20, do_sample=True, seed=0)
     assert "step 4" in _one_line(e)          # the pass of generated token 3 yields the 4th token's logits
+
+
+# ----------------------------------------------------------------------------------------------- norm / embed hooks
+NEW_KINDS = ["ln1.hook_normalized", "ln2.hook_normalized"]
+
+
+@pytest.mark.parametrize("which", ["gpt2", "pythia"])
+def test_norm_and_embed_hooks_match_transformerlens(which, request):
+    """hook_embed, ln1/ln2.hook_normalized (x̂ before w, b) and ln_final.hook_normalized, read and written."""
+    lm, tl = request.getfixturevalue(f"{which}_lm"), request.getfixturevalue(f"{which}_tl")
+    tokens = tl.to_tokens(TEXTS[0])
+    names = ["hook_embed", "ln_final.hook_normalized"] + [f"blocks.{L}.{k}" for L in range(lm.info.n_layers)
+                                                          for k in NEW_KINDS]
+    assert set(names) <= set(lm.hook_names(extended=True)) and not set(names) & set(lm.hook_names())
+    ours = lm.run(tokens, capture=names)
+    _, cache = tl.run_with_cache(tokens, names_filter=names)
+    for name in names:
+        assert ours[name].shape == cache[name].shape, name
+        assert rel_err(ours[name], cache[name]) < 1e-4, name
+    base, g = tl(tokens), torch.Generator().manual_seed(5)
+    for name in ["hook_embed", "blocks.1.ln1.hook_normalized", "blocks.2.ln2.hook_normalized",
+                 "ln_final.hook_normalized"]:
+        delta = torch.randn(lm.info.d_model, generator=g)
+        with lm.intervene({name: lambda a: a + delta}):
+            edited = lm(tokens)
+        theirs = tl.run_with_hooks(tokens, fwd_hooks=[(name, lambda a, hook: a + delta)])
+        assert rel_err(edited, theirs) < 1e-4, name
+        assert rel_err(edited, base) > 1e-3, name
+
+
+def test_norm_hooks_exit_early(wide_lm):
+    tokens = torch.randint(0, 4096, (1, 16), generator=torch.Generator().manual_seed(0))
+    for name, ran in [("hook_embed", []), ("blocks.0.ln1.hook_normalized", [0]),
+                      ("blocks.2.ln2.hook_normalized", [0, 1, 2])]:
+        calls = []
+        handles = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in
+                   enumerate(wide_lm.hf_model.transformer.h)]
+        try:
+            wide_lm.run(tokens, capture=name)
+        finally:
+            for h in handles:
+                h.remove()
+        assert calls == ran, name

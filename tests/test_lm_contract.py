@@ -64,3 +64,37 @@ def test_final_norm_facts_and_logits(zoo, kind):
         assert rel_err(out["logits"], logits) > 1e-4        # the cap visibly matters on this model
         logits = cap * torch.tanh(logits / cap)
     assert rel_err(out["logits"], logits) < 1e-5
+
+
+@pytest.mark.parametrize("kind", model_zoo.KINDS)
+def test_norm_and_embed_hooks_recompute_from_hf_modules(zoo, kind):
+    """ln1/ln2/ln_final.hook_normalized are x̂ with x̂ * (w + offset) + b == the HF norm's output; hook_embed is
+    the token embedding (times sqrt(d_model) for Gemma, as TransformerLens defines it)."""
+    lm = zoo(kind)
+    offset = 1.0 if kind.startswith("gemma") else 0.0
+    tokens = lm.to_tokens(TEXT)
+    fam, outputs, handles = lm.family, {}, []
+    norms = {"ln_final.hook_normalized": lm.final_norm()}
+    for L in range(lm.info.n_layers):
+        norms[f"blocks.{L}.ln1.hook_normalized"] = lm._layers[L].get_submodule(fam.ln1)
+        norms[f"blocks.{L}.ln2.hook_normalized"] = lm._layers[L].get_submodule(fam.ln2)
+    for name, module in norms.items():
+        handles.append(module.register_forward_hook(lambda m, a, o, name=name: outputs.__setitem__(name, o)))
+    try:
+        acts = lm.run(tokens, capture=["hook_embed", "blocks.0.hook_resid_pre", *norms], return_logits=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, module in norms.items():
+        xhat = acts[name].double()
+        w = module.weight.double() + offset
+        expected = xhat * w + (module.bias.double() if getattr(module, "bias", None) is not None else 0)
+        assert rel_err(expected, outputs[name]) < 1e-5, name
+        if lm.info.final_norm_kind == "layernorm":
+            assert float(xhat.mean(-1).abs().max()) < 1e-5, name
+    emb = lm.hf_model.get_input_embeddings().weight[tokens].double()
+    if kind.startswith("gemma"):
+        emb = emb * lm.info.d_model ** 0.5
+    assert rel_err(acts["hook_embed"], emb) < 1e-5
+    if kind != "gpt2":                     # no position embeddings: block 0 reads the embedding itself
+        assert torch.equal(acts["hook_embed"], acts["blocks.0.hook_resid_pre"])

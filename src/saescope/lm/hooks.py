@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import HookError, InputError
-from .hookpoints import HookPoint
+from .hookpoints import BLOCK0_INPUT, EMBED, LN_FINAL, HookPoint
+from .norms import NormFacts, affine, norm_facts, normalize
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ def _wants_context(fn: Callable, hook: str) -> bool:
 
 
 class HooksMixin:
-    """Hook installation and interventions of LanguageModel; needs ``family``, ``info``, ``_layers``, ``_edits``,
-    ``_pass`` and ``_hook(name) -> HookPoint``."""
+    """Hook installation and interventions of LanguageModel; needs ``hf_model``, ``family``, ``info``, ``name``,
+    ``_layers``, ``_edits``, ``_pass``, ``_facts_cache`` and ``_hook(name) -> HookPoint``."""
 
     def _apply(self, hp: HookPoint, act: torch.Tensor) -> torch.Tensor:
         """Run the active edits at ``hp`` in order, capture, and stop the pass if this was the deepest capture."""
@@ -106,20 +107,67 @@ class HooksMixin:
     def _install(self, points: list[HookPoint]) -> list:
         """Register the PyTorch hooks serving ``points``; returns handles to remove."""
         by_layer: dict[int, dict[str, HookPoint]] = {}
-        for hp in points:
-            by_layer.setdefault(hp.layer, {})[hp.kind] = hp
+        embed = None
         handles = []
+        for hp in points:
+            if hp.kind == EMBED:
+                embed = hp
+            elif hp.kind == LN_FINAL:
+                norm = self.hf_model.get_submodule(self.family.final_norm)
+                handles.append(norm.register_forward_hook(self._norm_hook(hp, norm), with_kwargs=True))
+            else:
+                by_layer.setdefault(hp.layer, {})[hp.kind] = hp
+        if embed is not None and self.family.embed != BLOCK0_INPUT:
+            module = self.hf_model.get_submodule(self._site(embed, self.family.embed))
+            handles.append(module.register_forward_hook(self._output_hook(embed)))
+        elif embed is not None:
+            by_layer.setdefault(0, {})[EMBED] = embed
         for layer, kinds in by_layer.items():
             handles.extend(self._install_block(layer, kinds))
         return handles
 
+    def _site(self, hp: HookPoint, path: str | None) -> str:
+        if path is None:
+            raise HookError(f"hook {hp.name} is not mapped for the {self.family.name} family of model {self.name} "
+                            "(add it to its Family in saescope/lm/hookpoints.py)")
+        return path
+
+    def _norm_facts_of(self, hp: HookPoint, module: torch.nn.Module) -> NormFacts:
+        facts = self._facts_cache.get(id(module))
+        if facts is None:
+            facts = norm_facts(module, self.info.d_model, self.hf_model.config)
+            if facts is None:
+                raise HookError(f"hook {hp.name}: the norm module {type(module).__name__} of model {self.name} "
+                                "follows no known LayerNorm/RMSNorm convention")
+            self._facts_cache[id(module)] = facts
+        return facts
+
+    def _norm_hook(self, hp: HookPoint, module: torch.nn.Module):
+        """x̂ of a norm (before weight and bias); an edited x̂' makes the module output x̂' * (w + offset) + b."""
+        facts = self._norm_facts_of(hp, module)
+
+        def hook(mod, args, kwargs, output):
+            x = args[0] if args else next(iter(kwargs.values()))
+            c, inv = normalize(x, facts)
+            xhat = (c * inv).to(x.dtype)
+            new = self._apply(hp, xhat)
+            if new is xhat:
+                return None
+            return affine(new.float() if new.dtype != torch.float64 else new, mod, facts).to(output.dtype)
+
+        return hook
+
     def _install_block(self, layer: int, kinds: dict[str, HookPoint]) -> list:
         fam, block = self.family, self._layers[layer]
         handles = []
-        pre, mid = kinds.get("hook_resid_pre"), kinds.get("hook_resid_mid")
-        if pre or mid:
-            handles.append(block.register_forward_pre_hook(self._block_pre_hook(layer, pre, mid is not None),
-                                                           with_kwargs=True))
+        pre, mid, embed = kinds.get("hook_resid_pre"), kinds.get("hook_resid_mid"), kinds.get(EMBED)
+        if pre or mid or embed:
+            handles.append(block.register_forward_pre_hook(
+                self._block_pre_hook(layer, pre, mid is not None, embed), with_kwargs=True))
+        for kind, path in (("ln1.hook_normalized", fam.ln1), ("ln2.hook_normalized", fam.ln2)):
+            if kind in kinds:
+                norm = block.get_submodule(self._site(kinds[kind], path))
+                handles.append(norm.register_forward_hook(self._norm_hook(kinds[kind], norm), with_kwargs=True))
         if "attn.hook_z" in kinds:
             handles.append(block.get_submodule(fam.attn_o_proj).register_forward_pre_hook(
                 self._z_hook(kinds["attn.hook_z"])))
@@ -136,11 +184,12 @@ class HooksMixin:
             handles.append(block.register_forward_hook(self._output_hook(kinds["hook_resid_post"])))
         return handles
 
-    def _block_pre_hook(self, layer: int, pre: HookPoint | None, keep_resid: bool):
+    def _block_pre_hook(self, layer: int, pre: HookPoint | None, keep_resid: bool, embed: HookPoint | None = None):
         def hook(module, args, kwargs):
             in_args = bool(args)
             x = args[0] if in_args else kwargs["hidden_states"]
-            new = self._apply(pre, x) if pre is not None else x
+            new = self._apply(embed, x) if embed is not None else x
+            new = self._apply(pre, new) if pre is not None else new
             if keep_resid:
                 self._pass.resid_pre[layer] = new
             if new is x:

@@ -41,6 +41,7 @@ class LanguageModel(TokensMixin, HooksMixin):
         self._layers = hf_model.get_submodule(family.layers)
         self._edits: list[tuple[HookPoint, Callable, bool]] = []
         self._pass: _Pass | None = None
+        self._facts_cache: dict = {}          # id(norm module) -> NormFacts
         pad = tokenizer.pad_token_id
         eos = self.info.eos_token_id
         self._pad_id = int(pad if pad is not None else (eos if eos is not None else 0))
@@ -79,9 +80,10 @@ class LanguageModel(TokensMixin, HooksMixin):
                 f"device={self.device}, dtype={self.dtype})")
 
     # ------------------------------------------------------------------ hook names
-    def hook_names(self) -> list[str]:
-        """Every valid hook name of this model, in execution order."""
-        return all_hook_names(self.info.n_layers, self.info.parallel_residual)
+    def hook_names(self, extended: bool = False) -> list[str]:
+        """The residual and sublayer hook names of this model, in execution order; ``extended`` adds hook_embed,
+        blocks.{L}.ln1/ln2.hook_normalized and ln_final.hook_normalized (valid either way)."""
+        return all_hook_names(self.info.n_layers, self.info.parallel_residual, extended)
 
     def _hook(self, name: str) -> HookPoint:
         return parse_hook(name, self.info.n_layers, self.info.parallel_residual)
@@ -96,7 +98,7 @@ class LanguageModel(TokensMixin, HooksMixin):
         return self.info.d_model
 
     def hook_layer(self, hook: str) -> int:
-        """The block index of ``hook``."""
+        """The block index of ``hook`` (hook_embed: 0, ln_final.hook_normalized: n_layers - 1)."""
         return self._hook(hook).layer
 
     # ------------------------------------------------------------------ running
