@@ -149,7 +149,7 @@ class HooksMixin:
         def hook(mod, args, kwargs, output):
             x = args[0] if args else next(iter(kwargs.values()))
             c, inv = normalize(x, facts)
-            xhat = (c * inv).to(x.dtype)
+            xhat = (c * (inv.detach() if self._linear else inv)).to(x.dtype)   # frozen scale while linearized
             new = self._apply(hp, xhat)
             if new is xhat:
                 return None

@@ -42,6 +42,7 @@ class LanguageModel(TokensMixin, HooksMixin):
         self._edits: list[tuple[HookPoint, Callable, bool]] = []
         self._pass: _Pass | None = None
         self._facts_cache: dict = {}          # id(norm module) -> NormFacts
+        self._linear = False                  # inside linearized()
         pad = tokenizer.pad_token_id
         eos = self.info.eos_token_id
         self._pad_id = int(pad if pad is not None else (eos if eos is not None else 0))
@@ -162,6 +163,17 @@ class LanguageModel(TokensMixin, HooksMixin):
         ids, mask = self._prepare(inputs, prepend_bos, None)
         out = _gen.generate(self, ids, mask, max_new_tokens, do_sample, temperature, top_p, seed, stop_at_eos)
         return _gen.decode_new(self, out, ids.shape[1], stop_at_eos) if return_text else out
+
+    def linearized(self):
+        """Context manager: inside it, attention patterns and every LayerNorm/RMSNorm scale (the final norm too)
+        are constants for autograd, while forward values stay exactly the same (see ``lm/linearize.py``).
+
+        For attribution graphs: with MLP outputs replaced by constants, the logits are then linear in the
+        residual stream, so gradients are exact direct effects.
+        """
+        from .linearize import linearized
+
+        return linearized(self)
 
     # ------------------------------------------------------------------ weights
     def unembed_matrix(self) -> torch.Tensor:
