@@ -113,3 +113,35 @@ def test_missing_weights_are_an_error_not_random_values(small_gpt2, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         LanguageModel.from_pretrained(str(folder), device="cpu")
     assert "model.safetensors" in _one_line(e)
+
+
+@pytest.mark.parametrize("kind,dtype", [("gpt2", "bfloat16"), ("llama", "bfloat16"), ("gemma2", "float16")])
+def test_half_precision_reads_and_generates_on_cpu(tmp_path, kind, dtype):
+    import model_zoo
+
+    folder = model_zoo.make(kind, tmp_path / kind)
+    lm = LanguageModel.from_pretrained(str(folder), device="cpu", dtype=dtype)
+    ref = LanguageModel.from_pretrained(str(folder), device="cpu")
+    want = getattr(torch, dtype)
+    assert lm.dtype == want and ref.dtype == torch.float32
+    assert lm.info.final_norm_kind == ref.info.final_norm_kind and lm.info.final_norm_offset == ref.info.final_norm_offset
+    text = "Sparse autoencoders find features"
+    names = ["hook_embed", "blocks.1.hook_resid_pre", "blocks.1.ln2.hook_normalized", "blocks.1.attn.hook_z",
+             "blocks.1.mlp.hook_post", "ln_final.hook_normalized"]
+    acts, ref_acts = lm.run(text, capture=names, return_logits=True), ref.run(text, capture=names, return_logits=True)
+    for name in names + ["logits"]:
+        assert acts[name].dtype == want, name
+        err = float((acts[name].float() - ref_acts[name]).abs().max() / ref_acts[name].abs().max())
+        assert err < 5e-2, (name, err)
+    seen = []
+    vec = torch.randn(lm.info.d_model, generator=torch.Generator().manual_seed(0))
+
+    def steer(act, *, ctx):
+        seen.append(act.dtype)
+        return act + vec.to(act.dtype)
+
+    with lm.intervene({"blocks.1.hook_resid_post": steer, "blocks.0.ln1.hook_normalized": lambda a: a * 1.1}):
+        out = lm.generate(text, max_new_tokens=5, do_sample=True, temperature=0.7, top_p=0.9, seed=0)
+        greedy = lm.generate(text, max_new_tokens=5)
+    assert out.shape == greedy.shape == (1, lm.to_tokens(text).shape[1] + 5)
+    assert set(seen) == {want}
