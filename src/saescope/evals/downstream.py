@@ -159,7 +159,7 @@ def _sae_name(sae) -> str:
     return f"{sae.cfg.architecture}-{sae.cfg.d_sae}"
 
 
-# the hook edits take exactly one argument: LanguageModel.intervene passes a HookContext to two-argument functions
+# the hook edits take only the activation: LanguageModel.intervene passes the HookContext only to a parameter named ctx
 def _splice_fn(sae, head: int | None, mask: torch.Tensor):
     """x -> x̂ at the evaluated tokens (``mask [b, pos]``), x elsewhere."""
     def splice(act):
