@@ -22,7 +22,7 @@ from hubcache import add_model_dir
 from model_zoo import FAMILY_NAMES, ZOO, build
 from saescope.errors import HookError, ModelLoadError
 from saescope.lm import LanguageModel
-from saescope.lm.hookpoints import GEMMA2, KINDS
+from saescope.lm.hookpoints import GEMMA2, KINDS, NORM_KINDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
 
@@ -72,6 +72,15 @@ def _tokens(lm: LanguageModel) -> torch.Tensor:
     return lm.to_tokens(TEXT, prepend_bos=True)
 
 
+def _xhat(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """x / sqrt(mean(x²) + eps), centred first for a LayerNorm (one with a bias)."""
+    x = x.double()
+    if isinstance(norm, torch.nn.LayerNorm) or getattr(norm, "bias", None) is not None:
+        x = x - x.mean(-1, keepdim=True)
+    eps = next(getattr(norm, a) for a in ("eps", "variance_epsilon") if hasattr(norm, a))
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 # ----------------------------------------------------------------------------------------------- family maps
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_hooks_recompute_from_hf_modules(zoo_lm, zoo_dir, name):
@@ -81,15 +90,21 @@ def test_hooks_recompute_from_hf_modules(zoo_lm, zoo_dir, name):
     assert json.loads((zoo_dir(name) / "config.json").read_text())["model_type"] == entry.model_type
     assert lm.info.family == entry.family
     tokens = _tokens(lm)
-    acts = lm.run(tokens, capture=lm.hook_names(), return_logits=True)
+    acts = lm.run(tokens, capture=lm.hook_names(extended=True), return_logits=True)
     with torch.no_grad():
         hf = lm.hf_model(tokens, output_hidden_states=True)
     assert rel_err(acts["logits"], hf.logits) < 1e-5
     fam, n = lm.family, lm.info.n_layers
+    if name != "gpt2":   # no position embeddings: block 0 reads the (scaled) token embedding itself
+        assert torch.equal(acts["hook_embed"], acts["blocks.0.hook_resid_pre"])
     for L in range(n):
-        a = {k: acts.get(f"blocks.{L}.{k}") for k in KINDS}
+        a = {k: acts.get(f"blocks.{L}.{k}") for k in KINDS + NORM_KINDS}
         block = lm._layers[L]
         assert rel_err(a["hook_resid_pre"], hf.hidden_states[L]) < 1e-5
+        # hook_normalized: x̂ of the norm's input (TransformerLens: before weight and bias)
+        assert rel_err(a["ln1.hook_normalized"], _xhat(a["hook_resid_pre"], block.get_submodule(fam.ln1))) < 1e-5
+        ln2_in = a["hook_resid_pre"] if lm.info.parallel_residual else a["hook_resid_mid"]
+        assert rel_err(a["ln2.hook_normalized"], _xhat(ln2_in, block.get_submodule(fam.ln2))) < 1e-5
         if L + 1 < n:   # HF's last hidden state has the final norm applied
             assert rel_err(a["hook_resid_post"], hf.hidden_states[L + 1]) < 1e-5
         if lm.info.parallel_residual:
@@ -234,6 +249,8 @@ def test_matches_transformerlens39(zoo_lm, zoo_dir, hub_cache, name):
 # ----------------------------------------------------------------------------------------------- TransformerLens 4
 def tl4_hook_name(lm: LanguageModel, hook: str) -> str:
     """The TransformerLens 4 name of a saescope hook (they agree except where noted)."""
+    if not hook.startswith("blocks."):
+        return hook
     _, layer, kind = hook.split(".", 2)
     types = _layer_types(lm)
     if kind == "hook_attn_out" and types and types[int(layer)] == "linear_attention":
@@ -255,7 +272,7 @@ def tl4_refs(zoo_lm, zoo_dir, tmp_path_factory) -> dict[str, Path]:
     for name in FAMILY_NAMES:
         lm = zoo_lm(name)
         jobs.append({"model": str(zoo_dir(name)), "out": str(out / f"{name}.safetensors"),
-                     "hooks": [tl4_hook_name(lm, h) for h in lm.hook_names()], "boot": TL4_BOOT.get(name, {})})
+                     "hooks": [tl4_hook_name(lm, h) for h in lm.hook_names(extended=True)], "boot": TL4_BOOT.get(name, {})})
     spec = out / "jobs.json"
     spec.write_text(json.dumps({"tokens": _tokens(zoo_lm("gpt2")).tolist(), "jobs": jobs}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -276,12 +293,13 @@ def test_matches_transformerlens4(zoo_lm, tl4_refs, name):
     assert meta["transformer_lens"].startswith("4."), meta["transformer_lens"]
     assert json.loads(meta["missing"]) == [], f"TransformerLens 4 lacks hooks of {name}: {meta['missing']}"
     lm = zoo_lm(name)
-    ours = lm.run(_tokens(zoo_lm("gpt2")), capture=lm.hook_names(), return_logits=True)
+    names = lm.hook_names(extended=True)
+    ours = lm.run(_tokens(zoo_lm("gpt2")), capture=names, return_logits=True)
     errors: dict[str, float] = {}
-    for hook in lm.hook_names() + ["logits"]:
-        theirs = ref[tl4_hook_name(lm, hook) if hook != "logits" else hook]
+    for hook in names + ["logits"]:
+        theirs = ref[tl4_hook_name(lm, hook)]
         assert ours[hook].shape == theirs.shape, hook
-        kind = hook.split(".", 2)[-1] if hook != "logits" else hook
+        kind = hook.split(".", 2)[-1] if hook.startswith("blocks.") else hook
         errors[kind] = max(errors.get(kind, 0.0), rel_err(ours[hook], theirs))
     TL4_ERRORS[name] = errors
     print(f"\nTL{meta['transformer_lens']} {name} ({meta.get('adapter')}): "
