@@ -148,7 +148,8 @@ def test_moe_has_no_mlp_hook_post(zoo_lm):
     cfg = lm.hf_model.config
     assert lm.info.d_mlp == cfg.moe_intermediate_size != cfg.intermediate_size   # one expert's width
     assert not any(h.endswith("mlp.hook_post") for h in lm.hook_names())
-    for call in (lambda: lm.run(TEXT, capture="blocks.1.mlp.hook_post"), lambda: lm.hook_width("blocks.0.mlp.hook_post"),
+    for call in (lambda: lm.run(TEXT, capture="blocks.1.mlp.hook_post"),
+                 lambda: lm.hook_width("blocks.0.mlp.hook_post"),
                  lambda: lm.intervene({"blocks.2.mlp.hook_post": lambda a: a}).__enter__()):
         with pytest.raises(HookError, match=r"mixture-of-experts.*hook_mlp_out") as err:
             call()
@@ -272,7 +273,8 @@ def tl4_refs(zoo_lm, zoo_dir, tmp_path_factory) -> dict[str, Path]:
     for name in FAMILY_NAMES:
         lm = zoo_lm(name)
         jobs.append({"model": str(zoo_dir(name)), "out": str(out / f"{name}.safetensors"),
-                     "hooks": [tl4_hook_name(lm, h) for h in lm.hook_names(extended=True)], "boot": TL4_BOOT.get(name, {})})
+                     "hooks": [tl4_hook_name(lm, h) for h in lm.hook_names(extended=True)],
+                     "boot": TL4_BOOT.get(name, {})})
     spec = out / "jobs.json"
     spec.write_text(json.dumps({"tokens": _tokens(zoo_lm("gpt2")).tolist(), "jobs": jobs}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}

@@ -165,7 +165,9 @@ def unavailable_hooks(family: Family, layers, model: str) -> dict[str, str]:
     for layer, block in enumerate(layers):
         for kind, field in _KIND_PATHS:
             path = getattr(family, field)
-            if (path is None and field in _UNMAPPED_OK) or (path is not None and find_submodule(block, path) is not None):
+            if path is None and field in _UNMAPPED_OK:
+                continue
+            if path is not None and find_submodule(block, path) is not None:
                 continue
             reason = family.reason_absent(kind)
             if reason is None:

@@ -231,6 +231,6 @@ def load(name_or_path, device=None, dtype=None) -> Loaded:
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer from {folder}: {_first_line(exc)}") from None
     hf_model.to(dev)
-    log.info("loaded %s (%s, %d layers) from %s on %s", where.name, family.name, config.get_text_config().num_hidden_layers,
-             folder, dev)
+    log.info("loaded %s (%s, %d layers) from %s on %s", where.name, family.name,
+             config.get_text_config().num_hidden_layers, folder, dev)
     return Loaded(hf_model, tokenizer, family, where)
