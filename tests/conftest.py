@@ -28,16 +28,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from hubcache import add_model_dir  # noqa: E402
+from model_zoo import build as build_zoo_model  # noqa: E402
+from model_zoo import save_tokenizer as _save_tokenizer  # noqa: E402,F401  (kept for older imports)
 
 torch.set_num_threads(2)
 HUB = _HF_HOME / "hub"
-TINY_TOKENIZER = ROOT / "src" / "saescope" / "assets" / "tiny" / "model"
-TOKENIZER_FILES = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"]
-
-
-def _save_tokenizer(dst: Path) -> None:
-    for name in TOKENIZER_FILES:
-        shutil.copy(TINY_TOKENIZER / name, dst / name)
 
 
 @pytest.fixture(scope="session")
@@ -48,21 +43,11 @@ def hub_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory) -> Path:
-    """A GPT-2-shaped random model (12 layers, d_model 64) saved as an HF directory, with n_ctx in config.json."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """A GPT-2-shaped random model (12 layers, d_model 64) saved as an HF directory, with n_ctx in config.json.
 
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=4096, n_positions=128, n_ctx=128, n_embd=64, n_layer=12, n_head=4,
-                     activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(cfg)
-    with torch.no_grad():  # non-trivial LayerNorm parameters so that folding/centering differences would show
-        for name, p in model.named_parameters():
-            if "ln" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    out = tmp_path_factory.mktemp("gpt2")
-    model.save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(out)
-    return out
+    Non-trivial LayerNorm parameters, so that folding/centering differences would show.
+    """
+    return build_zoo_model("gpt2", tmp_path_factory.mktemp("gpt2"), n_layers=12, seed=0, norm_noise=0.1)
 
 
 @pytest.fixture(scope="session")
@@ -76,17 +61,7 @@ def gpt2_hub(hub_cache, gpt2_dir) -> str:
 @pytest.fixture(scope="session")
 def pythia_dir(tmp_path_factory) -> Path:
     """A Pythia-shaped (GPT-NeoX, parallel residual, rotary) random model saved as an HF directory."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(1)
-    cfg = GPTNeoXConfig(vocab_size=4096, hidden_size=64, num_hidden_layers=6, num_attention_heads=4,
-                        intermediate_size=256, max_position_embeddings=128, rotary_pct=0.25,
-                        use_parallel_residual=True, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
-    model = GPTNeoXForCausalLM(cfg)
-    out = tmp_path_factory.mktemp("pythia")
-    model.save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(out)
-    return out
+    return build_zoo_model("gpt_neox", tmp_path_factory.mktemp("pythia"), n_layers=6, seed=1, norm_noise=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from saescope.errors import HookError, InputError, ModelLoadError, SaescopeError
+from saescope.errors import HookError, InputError, ModelLoadError, NumericsError, SaescopeError
 from saescope.lm import HookContext, LanguageModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: threads only add contention
@@ -406,3 +406,131 @@ def test_missing_bundled_model_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         LanguageModel.from_pretrained("tiny")
     assert str(tmp_path) in _one_line(e)
+
+
+# ----------------------------------------------------------------------------------------------- hook signature
+def test_hook_signature_ctx_only_by_keyword(gpt2_lm):
+    """fn(act) or fn(act, *, ctx): the context goes to a parameter named ctx (or **kwargs), never to another one."""
+    hook, seen = "blocks.2.hook_resid_pre", {}
+
+    def scaled(act, alpha=1.0):                 # used to receive the HookContext as alpha
+        seen["alpha"] = alpha
+        return act * alpha
+
+    def keyword_only(act, *, ctx):
+        seen["kw"] = ctx
+        return None
+
+    def var_kw(act, **kwargs):
+        seen["var"] = kwargs
+        return act
+
+    class Callable_:
+        def __call__(self, act, ctx=None):
+            seen["method"] = ctx
+            return act
+
+    plain = gpt2_lm.run(TEXTS[0], capture=hook)[hook]
+    with gpt2_lm.intervene({hook: scaled}):
+        got = gpt2_lm.run(TEXTS[0], capture=hook)[hook]
+    assert seen["alpha"] == 1.0 and torch.equal(got, plain)
+    with gpt2_lm.intervene({hook: keyword_only}), gpt2_lm.intervene({hook: var_kw}), \
+            gpt2_lm.intervene({hook: Callable_()}):
+        gpt2_lm.run(TEXTS[0], capture=hook)
+    assert isinstance(seen["kw"], HookContext) and seen["kw"].hook == hook and seen["kw"].step == 0
+    assert set(seen["var"]) == {"ctx"} and isinstance(seen["var"]["ctx"], HookContext)
+    assert isinstance(seen["method"], HookContext)
+    for bad in (lambda act, alpha: act, lambda: None):
+        with pytest.raises(InputError) as e:
+            with gpt2_lm.intervene({hook: bad}):
+                pass
+        assert hook in _one_line(e) and "fn(act" in str(e.value)
+    assert gpt2_lm._edits == []
+
+
+# ----------------------------------------------------------------------------------------------- sampling, syncs
+@pytest.mark.parametrize("temperature", [1e-45, 1e-320, 5e-324])
+def test_tiny_temperature_is_greedy_and_finite(gpt2_lm, temperature):
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 30
+    g = torch.Generator().manual_seed(1)
+    for top_p in (1.0, 0.5):
+        assert torch.equal(LanguageModel._pick(logits, True, temperature, top_p, g), logits.argmax(-1))
+    kw = dict(max_new_tokens=6, do_sample=True, temperature=temperature, seed=3)
+    assert torch.equal(gpt2_lm.generate(TEXTS[1], **kw), gpt2_lm.generate(TEXTS[1], max_new_tokens=6))
+    hot = gpt2_lm.generate(TEXTS[1], max_new_tokens=6, do_sample=True, temperature=100.0, top_p=0.9, seed=3)
+    assert hot.shape == (1, gpt2_lm.to_tokens(TEXTS[1]).shape[1] + 6)
+
+
+def test_generation_syncs_with_the_host_only_every_few_steps(gpt2_lm, monkeypatch):
+    """The KV-cached loop reads no device value per token: NaN/inf and EOS flags are checked every CHECK_EVERY steps."""
+    import sys
+
+    from saescope.lm import generate as gen_mod
+
+    calls = []
+    for attr in ("__bool__", "item", "tolist", "__int__", "__float__"):
+        orig = getattr(torch.Tensor, attr)
+
+        def spy(self, *a, _orig=orig, **k):
+            if sys._getframe(1).f_code.co_filename == gen_mod.__file__:
+                calls.append(sys._getframe(1).f_lineno)
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, attr, spy)
+    n = 40
+    out = gpt2_lm.generate(TEXTS[1], max_new_tokens=n)
+    assert out.shape[1] == gpt2_lm.to_tokens(TEXTS[1]).shape[1] + n
+    assert 0 < len(calls) <= n // gen_mod.CHECK_EVERY + 2, calls
+
+
+def test_nan_during_generation_is_one_line(gpt2_lm):
+    def poison(act, *, ctx):
+        return act * float("nan") if ctx.step == 3 else act
+
+    with gpt2_lm.intervene({"blocks.4.hook_mlp_out": poison}):
+        with pytest.raises(NumericsError) as e:
+            gpt2_lm.generate(TEXTS[1], max_new_tokens=20, do_sample=True, seed=0)
+    assert "step 4" in _one_line(e)          # the pass of generated token 3 yields the 4th token's logits
+
+
+# ----------------------------------------------------------------------------------------------- norm / embed hooks
+NEW_KINDS = ["ln1.hook_normalized", "ln2.hook_normalized"]
+
+
+@pytest.mark.parametrize("which", ["gpt2", "pythia"])
+def test_norm_and_embed_hooks_match_transformerlens(which, request):
+    """hook_embed, ln1/ln2.hook_normalized (x̂ before w, b) and ln_final.hook_normalized, read and written."""
+    lm, tl = request.getfixturevalue(f"{which}_lm"), request.getfixturevalue(f"{which}_tl")
+    tokens = tl.to_tokens(TEXTS[0])
+    names = ["hook_embed", "ln_final.hook_normalized"] + [f"blocks.{L}.{k}" for L in range(lm.info.n_layers)
+                                                          for k in NEW_KINDS]
+    assert set(names) <= set(lm.hook_names(extended=True)) and not set(names) & set(lm.hook_names())
+    ours = lm.run(tokens, capture=names)
+    _, cache = tl.run_with_cache(tokens, names_filter=names)
+    for name in names:
+        assert ours[name].shape == cache[name].shape, name
+        assert rel_err(ours[name], cache[name]) < 1e-4, name
+    base, g = tl(tokens), torch.Generator().manual_seed(5)
+    for name in ["hook_embed", "blocks.1.ln1.hook_normalized", "blocks.2.ln2.hook_normalized",
+                 "ln_final.hook_normalized"]:
+        delta = torch.randn(lm.info.d_model, generator=g)
+        with lm.intervene({name: lambda a: a + delta}):
+            edited = lm(tokens)
+        theirs = tl.run_with_hooks(tokens, fwd_hooks=[(name, lambda a, hook: a + delta)])
+        assert rel_err(edited, theirs) < 1e-4, name
+        assert rel_err(edited, base) > 1e-3, name
+
+
+def test_norm_hooks_exit_early(wide_lm):
+    tokens = torch.randint(0, 4096, (1, 16), generator=torch.Generator().manual_seed(0))
+    for name, ran in [("hook_embed", []), ("blocks.0.ln1.hook_normalized", [0]),
+                      ("blocks.2.ln2.hook_normalized", [0, 1, 2])]:
+        calls = []
+        handles = [blk.register_forward_pre_hook(lambda m, a, i=i: calls.append(i)) for i, blk in
+                   enumerate(wide_lm.hf_model.transformer.h)]
+        try:
+            wide_lm.run(tokens, capture=name)
+        finally:
+            for h in handles:
+                h.remove()
+        assert calls == ran, name

@@ -139,7 +139,7 @@ def token_contexts(lm, texts: Iterable[str], context_size: int, prepend_bos: boo
         nonlocal pending
         first = True
         for text in texts:
-            ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = lm.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # saescope cuts contexts itself
             if not first and eos is not None:
                 pending.append(eos)
             first = False
