@@ -20,48 +20,23 @@ from saescope.interp import direct_logit_attribution, gradient_attribution, read
 from saescope.interp.steer import Intervention
 from saescope.lm import LanguageModel
 from saescope.sae import SAE, SAEConfig
+from model_zoo import FAMILY_NAMES, build
 from saescope.site import Readout, attach, check_fits, fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "Sparse autoencoders find features in the residual stream of"
-FAMILIES = ["gpt2", "neox", "llama", "mistral", "qwen2", "gemma", "gemma2"]
+FAMILIES = list(FAMILY_NAMES)
 
 
 def _build(kind: str, out):
-    import transformers as tf
-
-    from conftest import _save_tokenizer
-
-    small = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                 max_position_embeddings=128, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
-    torch.manual_seed(7)
-    if kind == "gpt2":
-        model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=4096, n_positions=128, n_embd=64, n_layer=3, n_head=4,
-                                                 bos_token_id=0, eos_token_id=0))
-    elif kind == "neox":
-        model = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**small, rotary_pct=0.25, use_parallel_residual=True))
-    elif kind == "llama":
-        model = tf.LlamaForCausalLM(tf.LlamaConfig(**small, num_key_value_heads=2))
-    elif kind == "mistral":
-        model = tf.MistralForCausalLM(tf.MistralConfig(**small, num_key_value_heads=2, sliding_window=None))
-    elif kind == "qwen2":
-        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**small, num_key_value_heads=2, use_sliding_window=False))
-    elif kind == "gemma":
-        model = tf.GemmaForCausalLM(tf.GemmaConfig(**small, num_key_value_heads=1, head_dim=16))
-    elif kind == "gemma2":   # a small soft-cap, so that capping really bends the logits
-        model = tf.Gemma2ForCausalLM(tf.Gemma2Config(**small, num_key_value_heads=2, head_dim=16, sliding_window=64,
-                                                     query_pre_attn_scalar=16, final_logit_softcapping=2.0))
-    else:
-        raise ValueError(kind)
-    with torch.no_grad():   # large norm gains, so a readout that ignores Gemma's (1 + w) would be far off
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln" in name:
-                p.add_(0.5 * torch.randn_like(p))
-            if "lm_head" in name or "wte" in name or "embed" in name:
-                p.mul_(3.0)
-    model.save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(out)
+    """A zoo model with large norm gains (so a readout that ignored Gemma's (1 + w) would be far off); Gemma-2
+    gets a small logit soft-cap, so that capping really bends the logits."""
+    build(kind, out, norm_noise=0.5)
+    if kind == "gemma2":
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["final_logit_softcapping"] = 0.1   # random-weight logits are small
+        (out / "config.json").write_text(json.dumps(cfg))
     return out
 
 

@@ -77,7 +77,7 @@ def logit_lens_top(lm, sae, top: int = 2) -> torch.Tensor:
 def make_labels(lm, sae, contexts: torch.Tensor, batch_size: int = 64) -> dict[int, str]:
     """A short label for every feature (see the module docstring). Features that never fired are "dead"."""
     tok, _, fires = activation_mass_by_token(lm, sae, contexts, batch_size=batch_size)
-    promoted = logit_lens_top(lm, sae) if attach(lm, sae).in_residual_basis else None
+    promoted = logit_lens_top(lm, sae) if attach(lm, sae).has_logit_lens else None
     labels = {}
     for f in range(sae.d_sae):
         if fires[f] == 0:

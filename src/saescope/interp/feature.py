@@ -85,8 +85,10 @@ def feature_info(lm, sae, feature: int, k: int = 10, n_contexts: int = 10, store
     att = attach(lm, sae)
     index = att.check_feature(feature)
     promoted, suppressed, note = [], [], None
-    if att.in_residual_basis:
+    if att.has_logit_lens:
         promoted, suppressed = logit_lens(lm, sae, index, k)
+    elif att.in_residual_basis:
+        note = f"no logit lens: the final norm of {lm.name} follows no known convention"
     else:
         note = f"no logit lens: {att.hook_out} is not in the residual stream's basis"
     contexts, contexts_note, extra = top_contexts(store, index, n_contexts, store_note)

@@ -190,7 +190,7 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
         raise InputError(f"the text source gave no contexts of {config.context_size} tokens; use more text")
     seconds = time.perf_counter() - t0
     logits = None
-    if att.in_residual_basis and config.logit_k:
+    if att.has_logit_lens and config.logit_k:
         lens = logit_lens(lm, sae.feature_directions().detach(), config.logit_k)
         logits = (lens.pos_values, lens.pos_ids, lens.neg_values, lens.neg_ids)
         meta["logit_lens"] = LENS

@@ -198,7 +198,7 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
         rec = store.get(i) if store is not None else None
         if rec is None:   # no statistics: the logit lens alone, computed now
             rec = FeatureRecord(i, 0.0, 0.0, 0.0, 0.0, 0, label=labels.get(i))
-            if att.in_residual_basis:
+            if att.has_logit_lens:
                 if not vocab:
                     vocab.extend(vocab_strings(lm))
                 lens = logit_lens(lm, sae.feature_directions([i]).detach(), 10)

@@ -20,6 +20,7 @@ from ..errors import InputError, NumericsError
 from ..progress import progress
 from .adapter import Site, build_site
 from .fit import check_fits
+from .readout import has_readout
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ class Attachment:
         hook = self.hook_out
         kind = hook.split(".", 2)[-1] if hook.startswith("blocks.") else hook
         return kind in RESIDUAL_KINDS and self.sae.d_out == self.lm.info.d_model
+
+    @property
+    def has_logit_lens(self) -> bool:
+        """True when the decoder's directions have a logit lens: residual basis, and a final norm the readout
+        knows (``saescope.site.readout``)."""
+        return self.in_residual_basis and has_readout(self.lm)
 
     # ------------------------------------------------------------------ tokens
     def tokens(self, text: str, reserve: int = 0, truncate: bool = True, what: str = "text") -> torch.Tensor:

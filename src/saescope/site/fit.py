@@ -37,12 +37,7 @@ def same_model(a: str | None, b: str | None) -> bool:
 
 def is_local(lm) -> bool:
     """True when ``lm`` was loaded from a local directory (decided once, at load time, by the model layer)."""
-    source = getattr(lm, "source", None)
-    if source is None:  # a model layer that does not record its source yet: the name is the path it was given
-        from pathlib import Path
-
-        return lm.name != "tiny" and Path(lm.name).expanduser().is_dir()
-    return source == "local"
+    return lm.source == "local"
 
 
 def sae_hook(sae) -> str:
@@ -82,7 +77,7 @@ def flat_width(lm, hook: str) -> int:
 
 
 def _check_hook(lm, hook: str, width: int, head: int | None, what: str, field: str) -> None:
-    if hook not in lm.hook_names():
+    if hook not in lm.hook_names(extended=True):
         lm.hook_width(hook)  # raises HookError listing the valid names
         raise HookError(f"hook {hook!r} (from the SAE's metadata.{field}) does not exist on model {lm.name}")
     widths = sae_widths(lm, hook, head)
@@ -104,7 +99,7 @@ def check_fits(lm, sae) -> None:
     hook_out = sae_hook_out(sae)
     if hook_out is not None:
         _check_hook(lm, hook_out, sae.d_out, meta.hook_head_index_out, "transcoder d_out", "hook_name_out")
-        if lm.hook_layer(hook_out) < lm.hook_layer(hook) or (
-                lm.hook_names().index(hook_out) <= lm.hook_names().index(hook)):
+        order = lm.hook_names(extended=True)
+        if order.index(hook_out) <= order.index(hook):
             raise ConfigError(f"the transcoder reads {hook} but predicts {hook_out}, which comes before it in the "
                               f"forward pass of {lm.name}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import NumericsError
+from ..errors import ConfigError, NumericsError
 
 LENS = "final-norm gain (centred for LayerNorm) · W_U"
 
@@ -34,20 +34,20 @@ class NormFacts:
     softcap: float | None
 
 
+def has_readout(lm) -> bool:
+    """True when the model layer could tell how the final norm computes (``ModelInfo.final_norm_kind``)."""
+    return lm.info.final_norm_kind in ("layernorm", "rmsnorm")
+
+
 def norm_facts(lm) -> NormFacts:
-    """The final-norm facts of ``lm``: from its ``ModelInfo`` when the model layer records them, else from the
-    norm module's class (Gemma-family RMSNorm multiplies by ``1 + w``)."""
+    """The final-norm facts of ``lm``, as its model layer measured them (``ModelInfo``); a ConfigError when the
+    final norm follows no known convention (then there is no readout to attribute through)."""
     info = lm.info
-    norm = lm.final_norm()
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
-    kind = getattr(info, "final_norm_kind", None)
-    if kind is not None:
-        return NormFacts(kind, float(info.final_norm_offset), eps, info.final_logit_softcap)
-    name = type(norm).__name__
-    kind = "layernorm" if isinstance(norm, torch.nn.LayerNorm) or "LayerNorm" in name else "rmsnorm"
-    offset = 1.0 if name.startswith("Gemma") and kind == "rmsnorm" else 0.0
-    cap = getattr(lm.hf_model.config, "final_logit_softcapping", None)
-    return NormFacts(kind, offset, eps, float(cap) if cap else None)
+    if not has_readout(lm):
+        raise ConfigError(f"the final norm of model {lm.name} ({info.family}) follows no known LayerNorm/RMSNorm "
+                          "convention: direct logit attribution and the logit lens are not available")
+    return NormFacts(info.final_norm_kind, float(info.final_norm_offset), float(info.final_norm_eps),
+                     info.final_logit_softcap)
 
 
 class Readout:
