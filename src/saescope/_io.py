@@ -1,32 +1,81 @@
 """Crash-safe file writes shared by every layer: write a temp file beside the target, fsync, then os.replace.
 
-A reader never sees a half-written file; a crash leaves at most a ``.<name>.*.tmp`` beside it.
+    atomic_write_bytes(path, write)       write(fileobj) fills the temp file
+    atomic_write_path(path, write)        write(temp_path) fills it (libraries that want a path: safetensors)
+    atomic_write_text(path, text) / atomic_write_json(path, obj, indent=2)
+    disk_errors(path)                     context manager: a full disk inside becomes DiskFullError naming path
+    disk_full_cause(exc) -> OSError|None  the disk-full error behind ``exc`` (ENOSPC, EFBIG, EDQUOT), if any
+
+A reader never sees a half-written file; a crash leaves at most a ``.<name>.*.tmp`` beside it. Files get the
+mode the user's umask allows (``0o666 & ~umask``, like ``open``), never mkstemp's 0600. A full disk, a file
+over the size limit or a full quota is a ``DiskFullError`` (one line naming the file): the temp file is
+removed and the previous file is left as it was.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import re
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import DiskFullError, SaescopeError
+
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if e)
+# SQLite result codes for a refused write: SQLITE_FULL, SQLITE_IOERR_WRITE, SQLITE_IOERR_FSYNC, SQLITE_IOERR_TRUNCATE
+_SQLITE_WRITE_ERRORS = frozenset({13, 778, 1034, 1546})
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")   # safetensors' I/O errors: "... (os error 28)"
+
+
+def _new_temp(path: Path) -> str:
+    """Create an empty temp file beside ``path`` with mode ``0o666 & ~umask`` (O_EXCL: never an existing file)."""
+    for _ in range(100):
+        tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"))
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _fsync(tmp: str) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_path(path: Path, write) -> None:
+    """Call ``write(temp_path)`` (it writes the whole file there), fsync, then replace ``path`` with it."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp(path)
+        try:
+            write(tmp)
+            _fsync(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, then replace ``path`` with it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic_write_path(path, fill)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -35,3 +84,40 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def disk_full_cause(exc: BaseException | None) -> OSError | None:
+    """The disk-full ``OSError`` behind ``exc`` (itself, its ``__cause__``/``__context__`` chain, a Rust
+    "(os error 28)" message, or an SQLite write error), else None. Libraries wrap the OSError: torch.save raises
+    a RuntimeError whose context is the OSError, safetensors a SafetensorError naming the os error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 20:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        m = _RUST_OS_ERROR.search(str(exc)) if not isinstance(exc, SaescopeError) else None
+        if m and int(m.group(1)) in DISK_FULL_ERRNOS:
+            return OSError(int(m.group(1)), os.strerror(int(m.group(1))))
+        if getattr(exc, "sqlite_errorcode", None) in _SQLITE_WRITE_ERRORS:
+            return OSError(errno.EIO, str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full_message(path, cause: OSError) -> str:
+    reason = cause.strerror or str(cause)
+    return f"cannot write {path}: {reason} (disk full or file-size limit?); free some space and run again"
+
+
+@contextmanager
+def disk_errors(path):
+    """Inside, a full disk (see ``disk_full_cause``) is re-raised as ``DiskFullError`` naming ``path``."""
+    try:
+        yield
+    except SaescopeError:
+        raise
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        if cause is None:
+            raise
+        raise DiskFullError(disk_full_message(path, cause)) from None

@@ -28,3 +28,7 @@ class InputError(SaescopeError):
 
 class NumericsError(SaescopeError):
     """A model or SAE produced NaN or inf."""
+
+
+class DiskFullError(SaescopeError):
+    """A file could not be written: disk full, file-size limit or quota (``saescope._io``). Names the file."""

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import re
 import sys
 from typing import Any
 
+from .._checks import checked_float, checked_int
 from ..errors import InputError
 
 
@@ -39,30 +40,66 @@ def load_sae(args, lm=None) -> Any:
     return SAE.from_spec(spec, device=device)
 
 
+MAX_SEED = 2**32 - 1          # every --seed (numpy and torch generators both take it)
+MAX_POSITION = 2**31 - 1      # --positions from:N / at:N: beyond any model's context
+_POS_RE = re.compile(r"(all|prompt|generated)|(from|at):([0-9]+)")
+
+
+def _argtype(check):
+    """An argparse type from a ``saescope._checks``-style check: its InputError becomes argparse's one line."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except InputError as exc:
+            msg = str(exc)
+            raise argparse.ArgumentTypeError(msg[len("value: "):] if msg.startswith("value: ") else msg) from None
+
+    return parse
+
+
+def _number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except (ValueError, OverflowError):
+        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+        if text.strip().lstrip("+-").isdigit():    # more digits than Python converts
+            raise InputError(f"{what}: {shown} is out of range") from None
+        raise InputError(f"{what}: not {'an integer' if kind is int else 'a number'}: {shown}") from None
+
+
 def finite_float(text: str) -> float:
     """argparse type: a finite float (rejects nan and inf with one line)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
+    return bounded_float()(text)
+
+
+def bounded_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """argparse type: a finite float in the range (``saescope._checks.checked_float``); tiny values are kept."""
+    return _argtype(lambda text: checked_float(_number(text, float, "value"), "value", lo, hi,
+                                               lo_open=lo_open, hi_open=hi_open))
 
 
 def bounded_int(lo: int, hi: int):
-    """argparse type: an int in [lo, hi]."""
+    """argparse type: an int in [lo, hi] (``saescope._checks.checked_int``)."""
+    return _argtype(lambda text: checked_int(_number(text, int, "value"), "value", lo, hi))
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
-        return value
 
-    return parse
+def check_positions(spec, what: str = "positions") -> str:
+    """``spec`` if it is ``all``, ``prompt``, ``generated``, ``from:N`` or ``at:N`` with 0 <= N <= MAX_POSITION;
+    else an InputError naming ``what`` and the value (escaped, shortened). Used by the CLI and the server."""
+    m = _POS_RE.fullmatch(spec) if isinstance(spec, str) else None
+    shown = repr(spec) if len(repr(spec)) <= 43 else repr(spec)[:40] + "..."
+    if m is None:
+        raise InputError(f"{what}: must be all, prompt, generated, from:N or at:N, got {shown}")
+    if m.group(3) is not None:
+        if len(m.group(3)) > 20:
+            raise InputError(f"{what}: N of {shown} is out of range (0..{MAX_POSITION})")
+        checked_int(int(m.group(3)), f"{what} {m.group(2)}:N", lo=0, hi=MAX_POSITION)
+    return spec
+
+
+positions_arg = _argtype(lambda text: check_positions(text, "value"))
+seed_arg = bounded_int(0, MAX_SEED)
 
 
 def print_json(obj: Any) -> None:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from .._io import atomic_write_path
 from ..errors import InputError
 
 
@@ -25,14 +25,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
 
 def _save(fig, path: str | os.PathLike) -> Path:
     path = check_plot_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_path(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     return path
 
 

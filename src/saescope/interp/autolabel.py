@@ -10,12 +10,11 @@ Labels are written beside the SAE as ``labels.json`` (``{"<index>": "label"}``).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .._io import atomic_write_text
 from ..progress import progress
 from .feature import logit_lens_topk
 
@@ -94,8 +93,5 @@ def make_labels(lm, sae, contexts: torch.Tensor, batch_size: int = 64) -> dict[i
 def save_labels(labels: dict[int, str], sae_dir: str | Path) -> Path:
     """Write labels.json beside an SAE, atomically."""
     path = Path(sae_dir) / "labels.json"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".labels-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({str(k): v for k, v in sorted(labels.items())}, fh, ensure_ascii=False, indent=0)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({str(k): v for k, v in sorted(labels.items())}, ensure_ascii=False, indent=0))
     return path

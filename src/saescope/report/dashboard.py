@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import atomic_write_text
 from ..errors import InputError
 from ..progress import progress
 from . import html
@@ -55,9 +55,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_dashboard(store: FeatureStore, out_dir: str | Path) -> int:

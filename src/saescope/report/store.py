@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .._io import disk_errors
 from ..errors import CheckpointError, ConfigError, InputError
 from .stats import FeatureRecord, FeatureStats, StatsConfig
 
@@ -158,15 +159,16 @@ class PartialStore:
         from safetensors.torch import save
 
         blob = save(state)
-        with self.con:  # one transaction: the previous checkpoint stays until this one is complete
+        with disk_errors(self.path), self.con:  # one transaction: the previous checkpoint stays until this one is complete
             self.con.execute("INSERT OR REPLACE INTO checkpoint(key, value) VALUES ('state', ?)", (blob,))
 
     def finish(self, stats: FeatureStats) -> Path:
-        with self.con:
-            _write_meta(self.con, stats_meta(stats))
-            _write_features(self.con, stats.records)
-            self.con.execute("DELETE FROM checkpoint")
-        self.con.execute("VACUUM")
+        with disk_errors(self.path):        # a full disk: DiskFullError naming the file (saescope._io)
+            with self.con:
+                _write_meta(self.con, stats_meta(stats))
+                _write_features(self.con, stats.records)
+                self.con.execute("DELETE FROM checkpoint")
+            self.con.execute("VACUUM")
         self.con.close()
         os.replace(self.path, self.out)
         return self.out
