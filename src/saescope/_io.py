@@ -1,15 +1,16 @@
 """Crash-safe file writes shared by every layer: write a temp file beside the target, fsync, then os.replace.
 
-    atomic_write_bytes(path, write)       write(fileobj) fills the temp file
-    atomic_write_path(path, write)        write(temp_path) fills it (libraries that want a path: safetensors)
-    atomic_write_text(path, text) / atomic_write_json(path, obj, indent=2)
+    atomic_write_bytes(path, write, durable=True)   write(fileobj) fills the temp file
+    atomic_write_path(path, write, durable=True)    write(temp_path) fills it (libraries that want a path)
+    atomic_write_text(path, text, durable=True) / atomic_write_json(path, obj, indent=2)
     disk_errors(path)                     context manager: a full disk inside becomes DiskFullError naming path
     disk_full_cause(exc) -> OSError|None  the disk-full error behind ``exc`` (ENOSPC, EFBIG, EDQUOT), if any
 
 A reader never sees a half-written file; a crash leaves at most a ``.<name>.*.tmp`` beside it. Files get the
 mode the user's umask allows (``0o666 & ~umask``, like ``open``), never mkstemp's 0600. A full disk, a file
 over the size limit or a full quota is a ``DiskFullError`` (one line naming the file): the temp file is
-removed and the previous file is left as it was.
+removed and the previous file is left as it was. ``durable=False`` skips the fsync (many small files that
+can be regenerated, e.g. dashboard pages: the replace is still atomic, only a power cut may lose them).
 """
 from __future__ import annotations
 
@@ -29,15 +30,19 @@ _SQLITE_WRITE_ERRORS = frozenset({13, 778, 1034, 1546})
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")   # safetensors' I/O errors: "... (os error 28)"
 
 
-def _new_temp(path: Path) -> str:
-    """Create an empty temp file beside ``path`` with mode ``0o666 & ~umask`` (O_EXCL: never an existing file)."""
+def _new_temp(path: Path) -> tuple[str, int]:
+    """An empty temp file beside ``path`` created with mode 0o666 (O_EXCL: never an existing file), and the mode
+    the kernel gave it (0o666 & ~umask): read back rather than from os.umask(), which is not thread-safe."""
     for _ in range(100):
         tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp"))
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
-            return tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
             continue
+        try:
+            return tmp, os.fstat(fd).st_mode & 0o7777
+        finally:
+            os.close(fd)
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
@@ -49,15 +54,18 @@ def _fsync(tmp: str) -> None:
         os.close(fd)
 
 
-def atomic_write_path(path: Path, write) -> None:
+def atomic_write_path(path: Path, write, durable: bool = True) -> None:
     """Call ``write(temp_path)`` (it writes the whole file there), fsync, then replace ``path`` with it."""
     path = Path(path)
     with disk_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temp(path)
+        tmp, mode = _new_temp(path)
         try:
             write(tmp)
-            _fsync(tmp)
+            if os.stat(tmp).st_mode & 0o7777 != mode:   # a library recreated it (safetensors: 0600)
+                os.chmod(tmp, mode)
+            if durable:
+                _fsync(tmp)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -67,19 +75,34 @@ def atomic_write_path(path: Path, write) -> None:
             raise
 
 
-def atomic_write_bytes(path: Path, write) -> None:
+class _Writer:
+    """The temp file as a write callback sees it: every write goes through Python's ``file.write``, so a full
+    disk is an OSError with its errno (numpy's fast path for real files says only "N requested and M written")."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def atomic_write_bytes(path: Path, write, durable: bool = True) -> None:
     """Call ``write(fileobj)`` on a temp file beside ``path``, then replace ``path`` with it."""
     def fill(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            write(f)
+            write(_Writer(f))
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
 
-    atomic_write_path(path, fill)
+    atomic_write_path(path, fill, durable=False)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")), durable)
 
 
 def atomic_write_json(path: Path, obj, indent: int | None = 2) -> None:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:   # notes of transformers/huggingface_hub's own loggers ("Token indices sequence length
+        for var in ("TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY"):   # is longer than..."): errors only, unless -v
+            os.environ.setdefault(var, "error")
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLineFormatter("%(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])

@@ -133,7 +133,8 @@ class PartialStore:
             log.info("nothing to resume at %s; starting from the beginning", self.path)
         self.con = sqlite3.connect(self.path)
         try:
-            self.con.executescript(_SCHEMA)
+            with disk_errors(self.path):    # a full disk is not a corrupt store
+                self.con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self.con.close()
             raise CheckpointError(f"{self.path}: not a feature store ({exc}); delete it and start again") from None
@@ -141,7 +142,7 @@ class PartialStore:
         if row is not None and json.loads(row[0]) != config.to_dict():
             self.con.close()
             raise ConfigError(f"{self.path}: the unfinished build used other settings; run without --resume to start again")
-        with self.con:
+        with disk_errors(self.path), self.con:
             _write_meta(self.con, {"format": FORMAT, "config": config.to_dict(), **meta})
 
     def load_checkpoint(self) -> dict[str, torch.Tensor] | None:
