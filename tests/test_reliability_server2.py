@@ -481,3 +481,19 @@ def test_server_pages_with_hostile_labels(lm, sae, tmp_path):
         assert r.status_code == 200, (lab, r.status_code)
         assert "<script>alert" not in r.text and "<img src=x" not in r.text and "<!--<script>" not in r.text
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_feature_page_escapes_every_store_value():
+    """A hostile features.sqlite can hold text where numbers belong (index, co-firing entries, tokens): the
+    feature page escapes them all."""
+    from saescope.report import html
+    from saescope.report.stats import Example, FeatureRecord
+
+    evil = "<script>alert(1)</script>"
+    rec = FeatureRecord(evil, 0.1, 0.1, 0.1, 1.0, 3, label=evil,
+                        top=[Example([evil, "ok"], [1, 2], [0.5, 1.0], 1, 1.0)],
+                        pos_logits=[(evil, 1.0)], neg_logits=[(evil, -1.0)],
+                        cofire=[{"index": evil, "count": evil, "jaccard": 0.5}])
+    body = html.feature_body(rec, {"model": evil, "hook": evil, "neuronpedia_id": evil}, [0.0, 1.0],
+                             link=lambda i: f"{i}.html", n_tokens=10)
+    assert "<script" not in body.lower() and body.count("&lt;script&gt;") >= 7, body

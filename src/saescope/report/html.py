@@ -52,7 +52,7 @@ def _finite(obj):
 
 def show_token(s: str) -> str:
     """A token as displayed: newlines and tabs made visible, escaped."""
-    return escape(s.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍"))
+    return escape(str(s).replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍"))
 
 
 def _shade(a: float, vmax: float) -> str:
@@ -105,7 +105,9 @@ def neuronpedia_url(meta: dict, index: int) -> str | None:
 def feature_body(rec: FeatureRecord, meta: dict, hist_edges: list[float], link: Callable[[int], str],
                  n_tokens: int | None = None) -> str:
     """The body of a feature page: stats, label, Neuronpedia link, contexts, intervals, histogram, logits, co-firing."""
-    parts = [f"<h1>Feature {rec.index}" + (f" <span class=\"label\">{escape(rec.label)}</span>" if rec.label else "") + "</h1>"]
+    # every value from a store is escaped, numbers included: a hostile features.sqlite may hold text anywhere
+    parts = [f"<h1>Feature {escape(str(rec.index))}"
+             + (f" <span class=\"label\">{escape(str(rec.label))}</span>" if rec.label else "") + "</h1>"]
     url = neuronpedia_url(meta, rec.index)
     stats = [f"<span>density <b id=\"density\">{rec.density:.3e}</b></span>", f"<span>max <b id=\"maxact\">{rec.max:.4g}</b></span>",
              f"<span>mean <b>{rec.mean:.3e}</b></span>", f"<span>mean when active <b>{rec.mean_active:.4g}</b></span>"]
@@ -134,8 +136,9 @@ def feature_body(rec: FeatureRecord, meta: dict, hist_edges: list[float], link: 
                      + "</div><div>" + logit_table(rec.neg_logits, "suppressed") + "</div></div></div>")
     parts.append("</div>")
     if rec.cofire:
-        items = "".join(f"<li><a href=\"{escape(link(c['index']))}\">{c['index']}</a> "
-                        f"<span class=\"muted\">Jaccard {c['jaccard']:.3f}, {c['count']} tokens</span></li>" for c in rec.cofire)
+        items = "".join(f"<li><a href=\"{escape(link(c['index']))}\">{escape(str(c['index']))}</a> "
+                        f"<span class=\"muted\">Jaccard {c['jaccard']:.3f}, {escape(str(c['count']))} tokens</span></li>"
+                        for c in rec.cofire)
         parts.append(f"<h2>Co-firing features</h2><ul class=\"cofire\">{items}</ul>")
     return "".join(parts)
 
