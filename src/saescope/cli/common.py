@@ -80,8 +80,16 @@ def bounded_float(lo: float | None = None, hi: float | None = None, lo_open: boo
 
 
 def bounded_int(lo: int, hi: int):
-    """argparse type: an int in [lo, hi] (``saescope._checks.checked_int``)."""
-    return _argtype(lambda text: checked_int(_number(text, int, "value"), "value", lo, hi))
+    """argparse type: an int in [lo, hi]; out of range: "must be between LO and HI, got N" (N shortened)."""
+
+    def check(text: str) -> int:
+        value = checked_int(_number(text, int, "value"), "value")
+        if not lo <= value <= hi:
+            shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
+            raise InputError(f"value: must be between {lo} and {hi}, got {shown}")
+        return value
+
+    return _argtype(check)
 
 
 def check_positions(spec, what: str = "positions") -> str:
