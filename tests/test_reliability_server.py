@@ -181,7 +181,7 @@ def test_chunked_body_over_cap_is_413(live):
 def test_lying_content_length_is_refused(live):
     """Content-Length far above the cap: refused (413) before the body is read."""
     with socket.create_connection((live.host, live.port), timeout=10) as s:
-        s.sendall(b"POST /api/read HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /api/read HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 99999999999\r\n\r\n{\"text\": \"hi\"}")
         reply = s.recv(200)
     assert reply.startswith(b"HTTP/1.1 413"), reply

@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 import operator
 import os
+import re
 
 from .errors import InputError, SaescopeError
 
 MAX_DIM = 2**24          # widest tensor dimension accepted from a file (d_in, d_sae, d_model, vocab: 16.7M)
 MAX_SEED = 2**63 - 1     # torch generators take a signed 64-bit seed
+MAX_POSITION = 2**31 - 1  # steering positions from:N / at:N: beyond any model's context
+_POS_RE = re.compile(r"(all|prompt|generated)|(from|at):([0-9]+)")
 
 
 def checked_int(value, what: str, lo: int | None = None, hi: int | None = None,
@@ -56,6 +59,20 @@ def checked_float(value, what: str, lo: float | None = None, hi: float | None = 
     if below or above:
         raise error(f"{what}: {value!r} is out of range ({_range(lo, hi, lo_open, hi_open)})")
     return value
+
+
+def check_positions(spec, what: str = "positions") -> str:
+    """``spec`` if it is ``all``, ``prompt``, ``generated``, ``from:N`` or ``at:N`` with 0 <= N <= MAX_POSITION;
+    else an InputError naming ``what`` and the value (escaped, shortened). Used by the CLI and the server."""
+    m = _POS_RE.fullmatch(spec) if isinstance(spec, str) else None
+    shown = repr(spec) if len(repr(spec)) <= 43 else repr(spec)[:40] + "..."
+    if m is None:
+        raise InputError(f"{what}: must be all, prompt, generated, from:N or at:N, got {shown}")
+    if m.group(3) is not None:
+        if len(m.group(3)) > 20:
+            raise InputError(f"{what}: N of {shown} is out of range (0..{MAX_POSITION})")
+        checked_int(int(m.group(3)), f"{what} {m.group(2)}:N", lo=0, hi=MAX_POSITION)
+    return spec
 
 
 def available_memory() -> int | None:

@@ -28,3 +28,8 @@ class InputError(SaescopeError):
 
 class NumericsError(SaescopeError):
     """A model or SAE produced NaN or inf."""
+
+
+class DiskFullError(SaescopeError, OSError):
+    """A file could not be written: disk full, file-size limit or quota (``saescope._io``). Names the file.
+    Also an ``OSError``, so code that handles a failed write as one still does."""

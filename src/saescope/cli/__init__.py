@@ -10,8 +10,12 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+import warnings
+from contextlib import contextmanager
 
+from .._io import disk_full_cause, disk_full_message
 from ..errors import SaescopeError
 
 # Modules that contribute subcommands, in the order they appear in --help.
@@ -29,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line and exit code 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        sys.stderr.write(f"error: {self.prog}: {message}\n")
+        sys.stderr.write(one_line(f"error: {self.prog}: {message}") + "\n")
         raise SystemExit(2)
 
 
@@ -54,30 +58,83 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if not args.verbose:   # notes of transformers/huggingface_hub's own loggers ("Token indices sequence length
+        for var in ("TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY"):   # is longer than..."): errors only, unless -v
+            os.environ.setdefault(var, "error")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler])
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    with _dependency_warnings_to_debug_log():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The error boundary: every failure is one line on stderr; user errors (and a refusing disk) exit 2."""
     try:
         code = args.handler(args)
     except SaescopeError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+        return _fail(f"error: {exc}", 2)
     except BrokenPipeError:
         return 0
-    except OSError as exc:  # the environment refused (not a directory, permission, disk full): the user's to fix
-        where = f" {exc.filename}" if exc.filename else ""
-        sys.stderr.write(f"error: cannot use{where}: {exc.strerror or exc}\n")
-        return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    except Exception as exc:  # a bug: still one line, the traceback only on request
-        if os.environ.get("SAESCOPE_DEBUG"):
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is not None:   # a library wrapped the full disk (torch: RuntimeError, safetensors, sqlite)
+            where = full.filename or getattr(exc, "filename", None) or "a file"
+            return _fail(f"error: {disk_full_message(where, full)}", 2)
+        if isinstance(exc, OSError):  # the environment refused (not a directory, permission): the user's to fix
+            where = f" {exc.filename}" if exc.filename else ""
+            return _fail(f"error: cannot use{where}: {exc.strerror or exc}", 2)
+        if os.environ.get("SAESCOPE_DEBUG"):  # a bug: still one line, the traceback only on request
             raise
-        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (set SAESCOPE_DEBUG=1 for the traceback)\n")
-        return 1
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (set SAESCOPE_DEBUG=1 for the traceback)", 1)
     return int(code or 0)
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(one_line(message) + "\n")
+    return code
+
+
+# Control characters (newlines, ANSI escapes, U+2028/9, lone surrogates from undecodable file names) would
+# split a message over several lines or rewrite the terminal: they are shown as Python escapes instead.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character written as its Python escape (``\\n``, ``\\x1b``): one line, nothing lost."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as one line each (the message escaped as by ``one_line``; tracebacks, with -v, as they are)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
+@contextmanager
+def _dependency_warnings_to_debug_log():
+    """Python warnings raised while a command runs (torch, transformers, huggingface_hub deprecations and
+    notes that do not concern the user) go to the debug log (shown with -v) instead of stderr. saescope's own
+    warnings are log records and are not affected; -W / PYTHONWARNINGS, when given, are respected as they are."""
+    if sys.warnoptions:
+        yield
+        return
+    log = logging.getLogger("saescope.warnings")
+
+    def to_log(message, category, filename, lineno, file=None, line=None):
+        log.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = to_log
+        yield
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
+from .._checks import check_positions, checked_float, checked_int
 from ..errors import InputError
 
 
@@ -39,30 +39,58 @@ def load_sae(args, lm=None) -> Any:
     return SAE.from_spec(spec, device=device)
 
 
+MAX_SEED = 2**32 - 1          # every --seed (numpy and torch generators both take it)
+
+
+def _argtype(check):
+    """An argparse type from a ``saescope._checks``-style check: its InputError becomes argparse's one line."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except InputError as exc:
+            msg = str(exc)
+            raise argparse.ArgumentTypeError(msg[len("value: "):] if msg.startswith("value: ") else msg) from None
+
+    return parse
+
+
+def _number(text: str, kind, what: str):
+    try:
+        return kind(text)
+    except (ValueError, OverflowError):
+        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+        if text.strip().lstrip("+-").isdigit():    # more digits than Python converts
+            raise InputError(f"{what}: {shown} is out of range") from None
+        raise InputError(f"{what}: not {'an integer' if kind is int else 'a number'}: {shown}") from None
+
+
 def finite_float(text: str) -> float:
     """argparse type: a finite float (rejects nan and inf with one line)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
+    return bounded_float()(text)
+
+
+def bounded_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    """argparse type: a finite float in the range (``saescope._checks.checked_float``); tiny values are kept."""
+    return _argtype(lambda text: checked_float(_number(text, float, "value"), "value", lo, hi,
+                                               lo_open=lo_open, hi_open=hi_open))
 
 
 def bounded_int(lo: int, hi: int):
-    """argparse type: an int in [lo, hi]."""
+    """argparse type: an int in [lo, hi]; out of range: "must be between LO and HI, got N" (N shortened)."""
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    def check(text: str) -> int:
+        value = checked_int(_number(text, int, "value"), "value")
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {value}")
+            shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
+            raise InputError(f"value: must be between {lo} and {hi}, got {shown}")
         return value
 
-    return parse
+    return _argtype(check)
+
+
+positions_arg = _argtype(lambda text: check_positions(text, "value"))
+seed_arg = bounded_int(0, MAX_SEED)
 
 
 def print_json(obj: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import add_model_args, bounded_int, load_model, load_sae, print_json
+from .common import add_model_args, bounded_int, load_model, load_sae, print_json, seed_arg
 
 _SHOWN = [
     ("tokens", "tokens", "d"), ("l0", "L0", ".2f"), ("explained_variance", "explained variance", ".4f"),
@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--hook", default=None, help="override the hook named in the SAE's metadata")
     p.add_argument("--include-bos", action="store_true", help="also score BOS/EOS tokens (excluded by default)")
     p.add_argument("--no-downstream", action="store_true", help="skip the CE/KL forwards (reconstruction only)")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed for the token contexts")
+    p.add_argument("--seed", type=seed_arg, default=0, help="shuffle seed for the token contexts")
     p.add_argument("--plot", default=None, metavar="PNG", help="write an L0 vs explained-variance plot of the SAEs")
     p.add_argument("--density-plot", default=None, metavar="PNG",
                    help="write the feature-density histogram (of the first SAE)")

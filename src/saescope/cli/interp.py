@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from .common import add_model_args, bounded_int, finite_float, load_model, load_sae, print_json
+from .common import (add_model_args, bounded_float, bounded_int, finite_float, load_model, load_sae, positions_arg,
+                     print_json, seed_arg)
 
 MAX_NEW = 1024
 METHODS = ("add", "clamp", "scale", "ablate")
@@ -224,10 +225,10 @@ def _feature(args) -> int:
 # ---------------------------------------------------------------------------------------------- register
 def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=bounded_int(1, MAX_NEW), default=32, help=f"new tokens (1..{MAX_NEW})")
-    p.add_argument("--temperature", type=finite_float, default=1.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--top-p", type=finite_float, default=1.0, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="seed shared by baseline and steered")
-    p.add_argument("--positions", default="all",
+    p.add_argument("--temperature", type=bounded_float(0, 100), default=1.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=bounded_float(0, 1, lo_open=True), default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed shared by baseline and steered")
+    p.add_argument("--positions", type=positions_arg, default="all",
                    help="where to intervene: all, prompt, generated, from:N (BOS is position 0), at:N")
 
 

@@ -38,7 +38,8 @@ def _serve(args) -> int:
 
     cfg = ServerConfig(max_text_chars=args.max_text_chars, max_new_tokens=args.max_new_tokens,
                        max_concurrent_generations=args.max_concurrent_generations,
-                       max_concurrent_reads=args.max_concurrent_reads, max_body_bytes=args.max_body_bytes)
+                       max_concurrent_reads=args.max_concurrent_reads, max_body_bytes=args.max_body_bytes,
+                       allowed_hosts=tuple(args.allowed_host or ()))
     sock = bind_socket(args.host, args.port)          # a busy port fails before the model loads
     lm = load_model(args)
     sae = load_sae(args, lm)
@@ -75,6 +76,9 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="local web app: feature pages, search by text, steering playground")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=bounded_int(0, 65535), default=8000, help="port (default 8000; 0 = any free port)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="also answer requests for this host name (repeatable); localhost, 127.0.0.1, [::1] and the "
+                        "bound address always work, any other Host gets 421 (protects against DNS rebinding)")
     p.add_argument("--store", default=None, help="features.sqlite to show (default: the one beside the SAE, if any)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="serve a feature store built for another SAE anyway (a warning instead of an error)")

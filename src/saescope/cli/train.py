@@ -1,7 +1,7 @@
 """``saescope harvest`` and ``saescope train``: parse, call one library function, print where the result is."""
 from __future__ import annotations
 
-from .common import bounded_int, finite_float, print_json
+from .common import bounded_int, finite_float, print_json, seed_arg
 
 # CLI option -> TrainConfig field (options left unset keep the config file's / default value)
 _TRAIN_FIELDS = {
@@ -69,7 +69,7 @@ def register(sub) -> None:
     h.add_argument("--column", default="text", help="text column of the dataset (default: text)")
     h.add_argument("--context-size", type=bounded_int(2, 1 << 20), default=128)
     h.add_argument("--batch-size", type=bounded_int(1, 1 << 16), default=32, help="contexts per forward pass")
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--seed", type=seed_arg, default=0)
     h.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     h.add_argument("--include-special", action="store_true", help="keep BOS/EOS/padding positions")
     h.add_argument("--device", default=None)
@@ -98,7 +98,7 @@ def register(sub) -> None:
     t.add_argument("--l0-coefficient", type=finite_float, default=None)
     t.add_argument("--checkpoint-every", type=bounded_int(0, 1 << 40), default=None, help="steps between checkpoints")
     t.add_argument("--log-every", type=bounded_int(1, 1 << 40), default=None)
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--seed", type=seed_arg, default=None)
     t.add_argument("--device", default=None)
     t.add_argument("--wandb-project", default=None)
     t.add_argument("--config", default=None, help="JSON file of TrainConfig fields")

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_path
 from ..errors import InputError
 
 
@@ -25,7 +25,7 @@ def check_plot_path(path: str | os.PathLike) -> Path:
 
 def _save(fig, path: str | os.PathLike) -> Path:
     path = check_plot_path(path)
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    atomic_write_path(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     return path
 
 

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .._checks import checked_int
+from .._checks import check_positions
 from ..errors import InputError
 from ..sae import SparseCode
 from ..site import attach, check_feature
@@ -45,7 +45,6 @@ METHODS = ("add", "clamp", "scale", "ablate", "algebra")
 ENCODED_METHODS = ("clamp", "scale", "ablate")
 MAX_NEW_TOKENS = 1024
 MAX_STRENGTH = 1e6
-_POS_RE = re.compile(r"^(all|prompt|generated|(from|at):(\d+))$")
 _TERM_RE = re.compile(r"\s*([+-])?\s*(?:(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*\*\s*)?(\d+)\s*")
 
 
@@ -80,11 +79,7 @@ class Intervention:
                 raise InputError(f"strength must be a finite number, got {s}")
             if abs(s) > MAX_STRENGTH:
                 raise InputError(f"strength {s:g} is absurd (|strength| > {MAX_STRENGTH:g}); use a smaller value")
-        m = _POS_RE.match(self.positions) if isinstance(self.positions, str) else None
-        if m is None:
-            raise InputError(f"positions must be all, prompt, generated, from:N or at:N, got {self.positions!r}")
-        if m.group(3) is not None:
-            checked_int(int(m.group(3)), f"positions {self.positions!r}: N", lo=0, hi=2**31 - 1)
+        check_positions(self.positions)
         if self.weights is not None:
             w = tuple(float(x) for x in self.weights)
             if len(w) != len(feats) or not all(math.isfinite(x) for x in w):

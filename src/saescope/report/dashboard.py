@@ -56,7 +56,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def _write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, durable=False)   # regenerable pages: no fsync each (3x faster for 4096 pages)
 
 
 def write_dashboard(store: FeatureStore, out_dir: str | Path) -> int:

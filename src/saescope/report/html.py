@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html import escape
 from importlib import resources
 from typing import Callable
@@ -19,15 +20,39 @@ def asset(name: str) -> str:
 
 
 def page(title: str, body: str, header: str = "", scripts: str = "") -> str:
-    """A complete self-contained HTML document (CSS inline)."""
-    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{escape(title)}</title>"
-            f"<style>{asset('style.css')}</style></head><body>{header}<main>{body}</main>{scripts}</body></html>\n")
+    """A complete self-contained HTML document (CSS inline). Lone surrogates (from a hostile label or token)
+    become U+FFFD, so the page can always be encoded as UTF-8."""
+    doc = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{escape(title)}</title>"
+           f"<style>{asset('style.css')}</style></head><body>{header}<main>{body}</main>{scripts}</body></html>\n")
+    return _SURROGATES.sub("\ufffd", doc)
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Inside <script>, "</script", "<!--" and "<script" change how the HTML parser reads the rest of the page;
+# JSON with <, > and & as \u escapes contains none of them (and U+2028/9 are escaped by ensure_ascii).
+_JSON_IN_HTML = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+
+def json_for_html(obj) -> str:
+    """``obj`` as compact JSON safe to embed in a ``<script>`` element or an HTML attribute: ``<``, ``>``,
+    ``&`` escaped as ``\\u003c``..., non-finite numbers as ``null`` (``JSON.parse`` rejects ``NaN``/``Infinity``)."""
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False).translate(_JSON_IN_HTML)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def show_token(s: str) -> str:
     """A token as displayed: newlines and tabs made visible, escaped."""
-    return escape(s.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍"))
+    return escape(str(s).replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍"))
 
 
 def _shade(a: float, vmax: float) -> str:
@@ -80,7 +105,9 @@ def neuronpedia_url(meta: dict, index: int) -> str | None:
 def feature_body(rec: FeatureRecord, meta: dict, hist_edges: list[float], link: Callable[[int], str],
                  n_tokens: int | None = None) -> str:
     """The body of a feature page: stats, label, Neuronpedia link, contexts, intervals, histogram, logits, co-firing."""
-    parts = [f"<h1>Feature {rec.index}" + (f" <span class=\"label\">{escape(rec.label)}</span>" if rec.label else "") + "</h1>"]
+    # every value from a store is escaped, numbers included: a hostile features.sqlite may hold text anywhere
+    parts = [f"<h1>Feature {escape(str(rec.index))}"
+             + (f" <span class=\"label\">{escape(str(rec.label))}</span>" if rec.label else "") + "</h1>"]
     url = neuronpedia_url(meta, rec.index)
     stats = [f"<span>density <b id=\"density\">{rec.density:.3e}</b></span>", f"<span>max <b id=\"maxact\">{rec.max:.4g}</b></span>",
              f"<span>mean <b>{rec.mean:.3e}</b></span>", f"<span>mean when active <b>{rec.mean_active:.4g}</b></span>"]
@@ -109,16 +136,18 @@ def feature_body(rec: FeatureRecord, meta: dict, hist_edges: list[float], link: 
                      + "</div><div>" + logit_table(rec.neg_logits, "suppressed") + "</div></div></div>")
     parts.append("</div>")
     if rec.cofire:
-        items = "".join(f"<li><a href=\"{escape(link(c['index']))}\">{c['index']}</a> "
-                        f"<span class=\"muted\">Jaccard {c['jaccard']:.3f}, {c['count']} tokens</span></li>" for c in rec.cofire)
+        items = "".join(f"<li><a href=\"{escape(link(c['index']))}\">{escape(str(c['index']))}</a> "
+                        f"<span class=\"muted\">Jaccard {c['jaccard']:.3f}, {escape(str(c['count']))} tokens</span></li>"
+                        for c in rec.cofire)
         parts.append(f"<h2>Co-firing features</h2><ul class=\"cofire\">{items}</ul>")
     return "".join(parts)
 
 
 def index_body(summaries, meta: dict, link_pattern: str, extra: str = "") -> str:
     """Feature index with search and sort; ``link_pattern`` contains ``{id}``. Needs ``index.js`` on the page."""
-    rows = [[s.index, s.density, s.max, s.mean, s.label] for s in summaries]
-    data = json.dumps(rows, separators=(",", ":")).replace("</", "<\\/")
+    rows = [[int(s.index), _number(s.density), _number(s.max), _number(s.mean),
+             None if s.label is None else str(s.label)] for s in summaries]
+    data = json_for_html(rows)
     title = escape(f"{meta.get('model') or ''} · {meta.get('hook') or ''}")
     info = f"{len(rows)} features"
     if meta.get("n_tokens"):
@@ -133,6 +162,15 @@ def index_body(summaries, meta: dict, link_pattern: str, extra: str = "") -> str
             f"<th data-sort=\"mean\">mean</th></tr></thead><tbody></tbody></table>"
             f"<p><button id=\"more\" type=\"button\">more</button></p>"
             f"<script type=\"application/json\" id=\"features-data\">{data}</script>")
+
+
+def _number(x) -> float | None:
+    """A statistic for the index: a finite float, or None (a hostile or overflowed store value)."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def header(home: str, meta: dict) -> str:

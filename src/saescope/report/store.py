@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import publish
+from .._io import disk_errors, publish
 from ..errors import CheckpointError, ConfigError, InputError
 from ..site import check_artifact, load_labels
 from .accumulate import StatsConfig
@@ -138,7 +138,8 @@ class PartialStore:
             log.info("nothing to resume at %s; starting from the beginning", self.path)
         self.con = sqlite3.connect(self.path)
         try:
-            self.con.executescript(_SCHEMA)
+            with disk_errors(self.path):    # a full disk is not a corrupt store
+                self.con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self.con.close()
             raise CheckpointError(f"{self.path}: not a feature store ({exc}); delete it and start again") from None
@@ -150,7 +151,7 @@ class PartialStore:
         if row is not None and json.loads(row[0]) != meta.get("sae_fingerprint"):
             self.con.close()
             raise ConfigError(f"{self.path}: the unfinished build is for another SAE; run without --resume to start again")
-        with self.con:
+        with disk_errors(self.path), self.con:
             _write_meta(self.con, {"format": FORMAT, "config": config.to_dict(), **meta})
 
     def load_checkpoint(self) -> dict[str, torch.Tensor] | None:
@@ -168,15 +169,16 @@ class PartialStore:
         from safetensors.torch import save
 
         blob = save(state)
-        with self.con:  # one transaction: the previous checkpoint stays until this one is complete
+        with disk_errors(self.path), self.con:  # one transaction: the previous checkpoint stays until this one is complete
             self.con.execute("INSERT OR REPLACE INTO checkpoint(key, value) VALUES ('state', ?)", (blob,))
 
     def finish(self, stats: FeatureStats) -> Path:
-        with self.con:
-            _write_meta(self.con, stats_meta(stats))
-            _write_features(self.con, stats.records)
-            self.con.execute("DELETE FROM checkpoint")
-        self.con.execute("VACUUM")
+        with disk_errors(self.path):        # a full disk: DiskFullError naming the file (saescope._io)
+            with self.con:
+                _write_meta(self.con, stats_meta(stats))
+                _write_features(self.con, stats.records)
+                self.con.execute("DELETE FROM checkpoint")
+            self.con.execute("VACUUM")
         self.con.close()
         publish(self.path, self.out)
         return self.out

@@ -31,6 +31,7 @@ from typing import Literal
 
 from .._config import JsonConfig
 from ..errors import ConfigError, InputError, SaescopeError
+from . import security
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,17 @@ class ServerConfig(JsonConfig):
     max_concurrent_reads: int = 8         # /api/read requests running or waiting
     max_body_bytes: int = 64 * 1024       # request body; larger -> 413
     max_top_k: int = 50                   # /api/read top_k
+    # security.py: a request head must arrive within header_timeout_s (slowloris), its body within
+    # body_timeout_s (408); Host names besides localhost/127.0.0.1/[::1]/the bound address (--allowed-host)
+    header_timeout_s: int = 5
+    body_timeout_s: int = 20
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "allowed_hosts", security.normalize_hosts(self.allowed_hosts))
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            if f.name != "allowed_hosts" and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 raise ConfigError(f"ServerConfig.{f.name}: must be a positive integer, got {v!r}")
 
 
@@ -138,8 +145,9 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+    from .._checks import check_positions
     from ..interp import generate_steered, read_features
     from ..report import html
     from ..report.stats import FeatureRecord, vocab_strings
@@ -157,6 +165,8 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
 
     app = FastAPI(title="saescope", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(security.BodyDeadline, seconds=cfg.body_timeout_s)        # slow bodies -> 408
+    app.add_middleware(security.HostGuard, allowed=cfg.allowed_hosts)           # outermost: Host check first
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     app.state.config = cfg
 
@@ -188,6 +198,11 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
         temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
         top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
         seed: int | None = Field(0, ge=0, le=2**32 - 1)
+
+        @field_validator("positions")
+        @classmethod
+        def _positions(cls, v):   # N range-checked before any model work (huge N: 422, not 500)
+            return check_positions(v, "positions")
 
     def feature_index(i: int) -> int:
         if not 0 <= i < sae.d_sae:
@@ -341,5 +356,5 @@ def serve(app, sock: socket.socket) -> None:
     """Run ``app`` with uvicorn on the bound socket (``bind_socket``) until interrupted."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
+    server = uvicorn.Server(security.uvicorn_config(app))   # request-head deadline (security.py)
     server.run(sockets=[sock])

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_labels(sae_or_path) -> dict[int, str]:
@@ -39,5 +41,6 @@ def load_labels(sae_or_path) -> dict[int, str]:
         except (TypeError, ValueError):
             continue
         if isinstance(value, str) and index >= 0:
-            labels[index] = value
+            # a lone surrogate ("\ud800" in the JSON) cannot be stored or written as UTF-8: shown as U+FFFD
+            labels[index] = _SURROGATE.sub("\ufffd", value)
     return labels

@@ -7,6 +7,9 @@
   var more = document.getElementById("more"), count = document.getElementById("count");
   var shown = 200;
   function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return "&#" + c.charCodeAt(0) + ";"; }); }
+  // statistics are null when the store holds no finite value
+  function exp2(x) { return x === null ? "\u2013" : x.toExponential(2); }
+  function fix3(x) { return x === null ? "\u2013" : x.toFixed(3); }
   function render() {
     var term = q.value.trim().toLowerCase(), key = sort.value;
     var rows = data.filter(function (r) {
@@ -19,14 +22,14 @@
         if (!a[4] !== !b[4]) return a[4] ? -1 : 1;
         return (a[4] || "").localeCompare(b[4] || "") || a[0] - b[0];
       }
-      return b[col] - a[col] || a[0] - b[0];
+      return (b[col] === null ? -Infinity : b[col]) - (a[col] === null ? -Infinity : a[col]) || a[0] - b[0];
     });
     count.textContent = rows.length + " features";
     var html = [];
     rows.slice(0, shown).forEach(function (r) {
       html.push('<tr><td class="num"><a href="' + link.replace("{id}", r[0]) + '">' + r[0] + "</a></td>" +
-        '<td class="label">' + esc(r[4] || "") + '</td><td class="num">' + r[1].toExponential(2) +
-        '</td><td class="num">' + r[2].toFixed(3) + '</td><td class="num">' + r[3].toExponential(2) + "</td></tr>");
+        '<td class="label">' + esc(r[4] || "") + '</td><td class="num">' + exp2(r[1]) +
+        '</td><td class="num">' + fix3(r[2]) + '</td><td class="num">' + exp2(r[3]) + "</td></tr>");
     });
     table.tBodies[0].innerHTML = html.join("");
     more.style.display = rows.length > shown ? "" : "none";

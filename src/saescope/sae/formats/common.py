@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..._io import atomic_write_path
 from ...errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -184,18 +185,7 @@ def _atomic(path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CheckpointError(f"{path.parent}: cannot create the directory ({exc.strerror})") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_path(path, write)   # temp file (umask's mode), fsync, replace; a full disk -> DiskFullError
 
 
 def make_temp_dir(target: Path) -> Path:
