@@ -30,7 +30,7 @@ VOCAB = FILLER + WORDS
 DEAD = len(WORDS)                      # the last feature never fires: no examples
 
 
-def _example(rng: random.Random, word: str, value: float, width: int = 9) -> Example:
+def _example(rng: random.Random, word: str, value: float, vocab=VOCAB, width: int = 9) -> Example:
     toks = [rng.choice(FILLER) for _ in range(width)]
     c = rng.randrange(2, width - 2)
     toks[c] = word
@@ -39,19 +39,21 @@ def _example(rng: random.Random, word: str, value: float, width: int = 9) -> Exa
     if value > 2 and rng.random() < 0.5:         # sometimes a second, weaker occurrence
         j = (c + 2) % width
         toks[j], acts[j] = word, value / 2
-    return Example([" " + t for t in toks], [VOCAB.index(t) for t in toks], acts, c, value)
+    return Example([" " + t for t in toks], [vocab.index(t) for t in toks], acts, c, value)
 
 
-def make_stats(seed: int = 0, n_top: int = 6, with_examples: bool = True) -> FeatureStats:
-    """Feature f fires on the word WORDS[f] (and nothing else); the last feature is dead."""
+def make_stats(seed: int = 0, n_top: int = 6, with_examples: bool = True, words=WORDS) -> FeatureStats:
+    """Feature f fires on the word words[f] (and nothing else); the last feature is dead."""
     rng = random.Random(seed)
     recs = []
-    for f, w in enumerate(WORDS):
-        top = [_example(rng, w, 5.0 - 0.5 * j) for j in range(n_top)] if with_examples else []
-        ivs = [{"lo": q, "hi": q + 1.0, "examples": [_example(rng, w, q + 0.5) for _ in range(2)]} for q in range(4)]
+    vocab = FILLER + list(words)
+    for f, w in enumerate(words):
+        top = [_example(rng, w, 5.0 - 0.5 * j, vocab) for j in range(n_top)] if with_examples else []
+        ivs = [{"lo": q, "hi": q + 1.0, "examples": [_example(rng, w, q + 0.5, vocab) for _ in range(2)]}
+               for q in range(4)]
         recs.append(FeatureRecord(f, 0.01, 0.02, 2.0, 5.0 if with_examples else 0.0, 10, top,
                                   ivs if with_examples else [], [0] * 4, label=f"{w} · the → of"))
-    recs.append(FeatureRecord(DEAD, 0.0, 0.0, 0.0, 0.0, 0, label="dead"))
+    recs.append(FeatureRecord(len(words), 0.0, 0.0, 0.0, 0.0, 0, label="dead"))
     meta = {"model": "synthetic", "hook": "blocks.0.hook_resid_pre", "d_sae": len(recs)}
     return FeatureStats(recs, 1000, [0.1, 1, 10, 100, 1000], StatsConfig(), 1.0, meta)
 
