@@ -130,8 +130,10 @@ class FakeLLM:
     def record(self, body):
         with self.lock:
             self.requests.append(body)
-            n = len(self.explain_requests())
-        if self.interrupt_after is not None and n == self.interrupt_after:
+            fire = self.interrupt_after is not None and len(self.explain_requests()) >= self.interrupt_after
+            if fire:
+                self.interrupt_after = None                 # once: later requests must not interrupt again
+        if fire:
             _thread.interrupt_main()
 
     def explain_requests(self):
@@ -155,6 +157,13 @@ class FakeLLM:
                 p = 1.0 if re.search(rf"\b{word}\b", text) else 0.0
             lines.append(f"{m.group(1)}: {p}")
         return "\n".join(lines)
+
+    def settle(self, quiet: float = 0.3, limit: float = 10.0) -> None:
+        """Wait until no request has been in flight for ``quiet`` seconds (stragglers of an interrupted run)."""
+        end, still = time.monotonic() + limit, 0.0
+        while still < quiet and time.monotonic() < end:
+            time.sleep(0.05)
+            still = still + 0.05 if self.in_flight == 0 else 0.0
 
     def close(self):
         self.server.shutdown()
@@ -216,6 +225,7 @@ def test_resume_after_interruption_skips_finished_features(store_path, llm, caps
         saved = {e["feature"] for e in store.explanations()}
         assert all(store.explanations(f)[0]["scores"] for f in saved)    # saved features are complete
     assert 0 < len(saved) < len(WORDS)
+    llm.settle()
     before = len(llm.explain_requests())
     llm.interrupt_after = None
     code, out, err = run(capsys, "explain", "--store", str(store_path), "--endpoint", llm.url, "--model", "fake-llm",

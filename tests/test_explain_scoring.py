@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from saescope.explain import (CoinFlipJudge, ConstantJudge, Context, ExplainConfig, LocalChatClient, OracleJudge,
-                              ParseError, Price, TokenExplainer, Usage, auroc, balanced_accuracy, explain_store,
+                              ParseError, Price, TokenExplainer, TokenMatchJudge, Usage, auroc, balanced_accuracy, explain_store,
                               parse_explanation, parse_probabilities, score, split_examples)
 from saescope.explain.client import ChatReply, _parse_completion
 from saescope.explain.explainer import NegativePool
@@ -79,6 +79,20 @@ def test_oracle_is_perfect_always_yes_is_half_coin_is_chance(big_store, tmp_path
     assert again == per
     _, other = _means(big_store, CoinFlipJudge(seed=8), tmp_path, "coin3")
     assert other != per
+
+
+def test_token_explainer_and_token_match_judge(big_store, tmp_path):
+    s, per = _means(big_store, TokenMatchJudge(), tmp_path, "tokens")
+    # each synthetic feature fires on exactly one word, which the token explanation names: a perfect literal reader
+    assert all(sc == {"balanced_accuracy": 1.0, "auroc": 1.0} for f in per.values() for sc in f.values())
+    rec = make_stats().records[0]
+    for ex in rec.top:
+        ex.tokens[ex.center] = ' "q'                              # a token with a quote survives the round trip
+    text = TokenExplainer(k=1).explain(rec, rec.top).text
+    assert text == 'the token "\\"q"'
+    items = [Context(tuple(rec.top[0].tokens), tuple(rec.top[0].acts), True), Context((" x",), (0.0,), False)]
+    assert TokenMatchJudge().judge("detection", text, items) == [1.0, 0.0]
+    assert TokenMatchJudge().judge("detection", "no quotes here", items) == [None, None]
 
 
 def test_score_counts_and_unanswered_items():

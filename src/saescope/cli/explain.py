@@ -64,7 +64,8 @@ def _clients(args):
 
 def _explainer_and_judge(args, llm):
     from ..errors import InputError
-    from ..explain import CoinFlipJudge, ConstantJudge, LLMExplainer, LLMJudge, OracleJudge, TokenExplainer
+    from ..explain import (CoinFlipJudge, ConstantJudge, LLMExplainer, LLMJudge, OracleJudge, TokenExplainer,
+                           TokenMatchJudge)
 
     kind = args.explainer or ("llm" if llm else None)
     if kind is None:
@@ -78,9 +79,9 @@ def _explainer_and_judge(args, llm):
     if not scorers:
         return explainer, None, []
     if judge_kind is None or (judge_kind == "llm" and llm is None):
-        raise InputError("scoring needs --endpoint or --local-model, or --judge oracle|coin|yes, or --scorers none")
+        raise InputError("scoring needs --endpoint or --local-model, or --judge oracle|coin|yes|tokens, or --scorers none")
     judge = {"llm": lambda: LLMJudge(llm), "oracle": OracleJudge, "coin": lambda: CoinFlipJudge(args.seed),
-             "yes": lambda: ConstantJudge(1.0)}[judge_kind]()
+             "yes": lambda: ConstantJudge(1.0), "tokens": TokenMatchJudge}[judge_kind]()
     return explainer, judge, scorers
 
 
@@ -145,8 +146,9 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="device of --local-model (cpu, cuda, ...)")
     p.add_argument("--explainer", choices=("llm", "tokens"), default=None,
                    help="llm (default with an endpoint/local model) or tokens (offline baseline: top tokens)")
-    p.add_argument("--judge", choices=("llm", "oracle", "coin", "yes"), default=None,
-                   help="who answers the scoring questions: the LLM (default), the true activations, a coin, always yes")
+    p.add_argument("--judge", choices=("llm", "oracle", "coin", "yes", "tokens"), default=None,
+                   help="who answers the scoring questions: the LLM (default), the true activations, a coin, always "
+                        "yes, or tokens (reads a --explainer tokens explanation literally)")
     p.add_argument("--features", default="all", help="all, 0-99, or 3,7,10-12 (default all)")
     p.add_argument("--scorers", default="detection,fuzzing", help="detection,fuzzing (default), one of them, or none")
     p.add_argument("--concurrency", type=bounded_int(1, 256), default=4, help="features in flight at once (default 4)")

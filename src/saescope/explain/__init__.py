@@ -16,12 +16,12 @@ from .explainer import Explained, LLMExplainer, NegativePool, Split, TokenExplai
 from .local import LocalChatClient
 from .prompts import ParseError, parse_explanation, parse_probabilities
 from .runner import ExplainConfig, ExplainSummary, explain_store, parse_features
-from .scoring import (Context, CoinFlipJudge, ConstantJudge, LLMJudge, OracleJudge, ScoreResult, auroc,
-                      balanced_accuracy, score)
+from .scoring import (Context, CoinFlipJudge, ConstantJudge, LLMJudge, OracleJudge, ScoreResult, TokenMatchJudge,
+                      auroc, balanced_accuracy, score)
 from .search import search_features
 
 __all__ = ["ChatClient", "ChatReply", "ClientConfig", "LLMError", "Price", "Usage", "Explained", "LLMExplainer",
            "NegativePool", "Split", "TokenExplainer", "split_examples", "LocalChatClient", "ParseError",
            "parse_explanation", "parse_probabilities", "ExplainConfig", "ExplainSummary", "explain_store",
-           "parse_features", "Context", "CoinFlipJudge", "ConstantJudge", "LLMJudge", "OracleJudge", "ScoreResult",
+           "parse_features", "Context", "CoinFlipJudge", "ConstantJudge", "LLMJudge", "OracleJudge", "ScoreResult", "TokenMatchJudge",
            "auroc", "balanced_accuracy", "score", "search_features"]

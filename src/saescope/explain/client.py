@@ -229,7 +229,9 @@ class ChatClient:
                 if resp.status_code not in RETRY_STATUS:
                     raise LLMError(f"{url} {problem}")
                 wait = _retry_after(resp)
-            if attempt == cfg.max_retries or not retry:
+            if not retry:
+                raise LLMError(f"{url} {problem}", fatal=True)
+            if attempt == cfg.max_retries:
                 raise LLMError(f"{url} {problem} (gave up after {attempt + 1} tries)", fatal=True)
             self.usage.retried()
             delay = min(cfg.max_backoff_s, wait if wait is not None else cfg.backoff_s * 2 ** attempt)

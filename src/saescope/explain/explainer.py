@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class TokenExplainer:
         if not toks:
             return Explained("no activating tokens", self.model)
         word = "token" if len(toks) == 1 else "tokens"
-        return Explained(f"the {word} " + ", ".join(f'"{t}"' for t in toks), self.model)
+        return Explained(f"the {word} " + ", ".join(json.dumps(t, ensure_ascii=False) for t in toks), self.model)
 
 
 class NegativePool:

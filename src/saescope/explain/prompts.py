@@ -46,7 +46,8 @@ class ParseError(SaescopeError):
     """An answer that cannot be read."""
 
 
-def _show(token: str) -> str:
+def show_token(token: str) -> str:
+    """A token as shown in prompts: newlines as ↵, carriage returns dropped."""
     return token.replace("\r", "").replace("\n", "↵")
 
 
@@ -55,7 +56,7 @@ def render(tokens: list[str], marks: dict[int, int] | set[int] | None) -> str:
     A token's leading whitespace stays outside the marks."""
     out = []
     for i, tok in enumerate(tokens):
-        t = _show(tok)
+        t = show_token(tok)
         if marks is not None and i in marks:
             core = t.lstrip()
             lead = t[: len(t) - len(core)]
@@ -79,7 +80,7 @@ def top_tokens(examples, k: int = 5) -> list[str]:
     for ex in examples:
         for tok, a in zip(ex.tokens, ex.acts):
             if a > 0:
-                mass[_show(tok).strip() or repr(tok)] += a
+                mass[show_token(tok).strip() or repr(tok)] += a
     return [t for t, _ in mass.most_common(k)]
 
 

@@ -8,17 +8,19 @@
 
 Metrics: balanced accuracy ``(TPR + TNR) / 2`` at probability 0.5, and AUROC (Mann-Whitney, ties count 1/2);
 None when a class is missing. A judge answers ``judge(kind, explanation, items) -> [p | None]``:
-``LLMJudge`` (a chat model), ``OracleJudge`` (reads the true activations), ``CoinFlipJudge`` (seeded) and
-``ConstantJudge`` plug in the same way. The judge never sees ``Context.acts`` or ``Context.label`` unless it is
+``LLMJudge`` (a chat model), ``OracleJudge`` (reads the true activations), ``CoinFlipJudge`` (seeded),
+``ConstantJudge`` and ``TokenMatchJudge`` (takes a token-list explanation literally) plug in the same way. The judge never sees ``Context.acts`` or ``Context.label`` unless it is
 the oracle.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 
-from .prompts import ParseError, judge_messages, parse_probabilities, render
+from .prompts import ParseError, judge_messages, parse_probabilities, render, show_token
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,36 @@ class ConstantJudge:
 
     def judge(self, kind: str, explanation: str, items: list[Context]) -> list[float | None]:
         return [self.p for _ in items]
+
+
+class TokenMatchJudge:
+    """No LLM: reads the quoted tokens of an explanation (``TokenExplainer``'s 'the tokens "X", "Y"') literally.
+    Detection: active when a quoted token occurs in the context; fuzzing: the marks are correct when every marked
+    token is a quoted one. A reader that takes a token-list explanation at its word; None without quoted tokens."""
+    name = "token-match"
+
+    def judge(self, kind: str, explanation: str, items: list[Context]) -> list[float | None]:
+        named = _quoted(explanation)
+        if not named:
+            return [None for _ in items]
+        if kind == "detection":
+            return [1.0 if named & {_plain(t) for t in c.tokens} else 0.0 for c in items]
+        return [1.0 if c.marks and all(_plain(c.tokens[i]) in named for i in c.marks) else 0.0 for c in items]
+
+
+def _plain(token: str) -> str:
+    return show_token(token).strip() or repr(token)
+
+
+def _quoted(text: str) -> set[str]:
+    """The JSON-quoted strings in ``text`` ('the tokens "a", "\\"b"' -> {"a", '"b'})."""
+    out = set()
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"', text):
+        try:
+            out.add(json.loads(m.group(0)).strip())
+        except json.JSONDecodeError:
+            continue
+    return out - {""}
 
 
 class LLMJudge:
