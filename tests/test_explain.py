@@ -348,3 +348,20 @@ def test_api_search_route_returns_explanations_verbatim(store_path, llm, capsys,
     client = TestClient(create_app(lm, sae, "test-sae", None))
     hits = client.get("/api/search", params={"q": "God"}).json()["features"]
     assert sorted(h["index"] for h in hits) == [2, 4] and hits[0]["explanation"] is None     # "God"* is a prefix
+
+
+def test_verified_negatives_from_text_on_the_bundled_sae(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("The Emperor Napoleon rode out before the French army at dawn. Prince Andrew looked at the sky.\n" * 40)
+    out = tmp_path / "copy.sqlite"
+    code, stdout, err = run(capsys, "explain", "--out", str(out), "--explainer", "tokens", "--judge", "oracle",
+                            "--scorers", "detection", "--features", "0-3", "--negatives-from", str(text), "--json")
+    assert code == 0, err
+    s = json.loads(stdout)
+    assert s["negatives"] == "text (verified)" and s["means"]["detection"]["balanced_accuracy"]["mean"] == 1.0
+    with FeatureStore(out) as store:
+        [sc] = store.explanations(0)[0]["scores"]
+    assert sc["judge"] == "oracle" and sc["n"] > 0
+    code, _, err = run(capsys, "explain", "--store", str(out), "--explainer", "tokens", "--scorers", "detection",
+                       "--judge", "oracle", "--negatives-from", str(text), "--sae", "tiny:mlp1-topk")
+    assert code == 2 and "2048 features but the store has 4096" in err

@@ -254,3 +254,37 @@ def test_neuronpedia_export_carries_explanations(tmp_path):
         e = expl[int(r["index"])]
         assert r["description"] == e["explanation"] and r["explanationModelName"] == "np-model"
         assert "detection (oracle, n=" in r["notes"] and "balanced_accuracy 1.000" in r["notes"]
+
+
+def test_verified_negatives_from_text_match_the_model(gpt2_dir):
+    """from_model's windows and their active features equal a recomputation from HF hidden states (full context),
+    and a feature is only ever given windows on which it is 0."""
+    import torch
+
+    from saescope.data import contexts_from
+    from saescope.lm import LanguageModel
+    from saescope.sae import SAE, SAEConfig, SAEMetadata
+
+    lm = LanguageModel.from_pretrained(str(gpt2_dir))
+    sae = SAE(SAEConfig("topk", d_in=64, d_sae=48, k=4, metadata=SAEMetadata(hook_name="blocks.3.hook_resid_pre")), seed=2)
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(["river", "king", "stone", "the", "of", "ran", "blue", "night"]) for _ in range(80))
+             for _ in range(6)]
+    pool = NegativePool.from_model(lm, sae, texts, n_contexts=6, context_size=32, window=3, batch_size=4, seed=1)
+    assert pool.source == "text (verified)" and len(pool.contexts) > 10
+    ctxs = torch.stack(list(contexts_from(lm, texts, 32, prepend_bos=True, seed=1))[:6])
+    with torch.no_grad():
+        f = sae.encode(lm.hf_model(ctxs, output_hidden_states=True).hidden_states[3]) > 0
+    expect = []
+    for b in range(ctxs.shape[0]):
+        for lo in range(0, 32 - 7 + 1, 7):
+            ids = ctxs[b, lo:lo + 7].tolist()
+            if 0 not in ids:                                      # BOS/EOS (id 0) windows are not used
+                expect.append((ids, frozenset(f[b, lo:lo + 7].any(0).nonzero().flatten().tolist())))
+    assert [(ex.ids, on) for (_, ex), on in zip(pool.contexts, pool.active)] == expect
+    by_ids = {tuple(ids): on for ids, on in expect}
+    for feat in range(sae.d_sae):
+        rec = make_stats().records[0]
+        rec.index = feat
+        for ex in pool.sample(rec, 100, random.Random(feat)):
+            assert feat not in by_ids[tuple(ex.ids)] and max(ex.acts) == 0

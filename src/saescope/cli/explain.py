@@ -54,7 +54,10 @@ def _clients(args):
 
     if args.endpoint and args.local_model:
         raise InputError("pass either --endpoint or --local-model, not both")
-    cfg = ClientConfig(timeout_s=args.timeout, max_retries=args.max_retries, concurrency=args.concurrency)
+    from .._checks import checked_float
+
+    timeout = checked_float(args.timeout, "--timeout", lo=0, hi=3600, lo_open=True)
+    cfg = ClientConfig(timeout_s=timeout, max_retries=args.max_retries, concurrency=args.concurrency)
     if args.endpoint:
         return ChatClient(args.endpoint, model=args.model, api_key_env=args.api_key_env, config=cfg)
     if args.local_model:
@@ -85,6 +88,25 @@ def _explainer_and_judge(args, llm):
     return explainer, judge, scorers
 
 
+def _negatives(args, store: Path, d_sae: int):
+    """The pool of non-activating contexts: verified on --negatives-from text with the SAE, else None (the store's)."""
+    if not args.negatives_from:
+        return None
+    from ..errors import InputError
+    from ..explain import NegativePool
+    from ..lm import LanguageModel
+    from ..sae import SAE
+
+    spec = args.sae or (str(store.parent) if (store.parent / "cfg.json").is_file() else None)
+    if spec is None:
+        raise InputError("--negatives-from needs the store's SAE: pass --sae PATH or RELEASE:SAE_ID")
+    sae = SAE.from_spec(spec, device=args.device)
+    if sae.d_sae != d_sae:
+        raise InputError(f"--sae {spec} has {sae.d_sae} features but the store has {d_sae}; pass the store's SAE")
+    lm = LanguageModel.from_pretrained(args.lm or sae.cfg.metadata.model_name or "tiny", device=args.device)
+    return NegativePool.from_model(lm, sae, args.negatives_from, seed=args.seed)
+
+
 def _explain(args) -> int:
     from ..assets import tiny_sae_dir
     from ..explain import ExplainConfig, Price, explain_store, parse_features
@@ -94,13 +116,15 @@ def _explain(args) -> int:
     path = _target(store, args.out)
     with FeatureStore(path) as fs:
         features = parse_features(args.features, fs.d_sae)
+        d_sae = fs.d_sae
     prices = dict(Price.parse(p) for p in args.price or [])
     cfg = ExplainConfig(n_positive=args.n_positive, n_negative=args.n_negative, n_fuzz=args.n_fuzz, seed=args.seed)
+    pool = _negatives(args, store, d_sae)
     llm = _clients(args)
     try:
         explainer, judge, scorers = _explainer_and_judge(args, llm)
         summary = explain_store(path, explainer, judge, scorers, features, cfg, concurrency=args.concurrency,
-                                prices=prices)
+                                prices=prices, pool=pool)
     finally:
         if llm is not None:
             llm.close()
@@ -159,6 +183,11 @@ def register(sub) -> None:
     p.add_argument("--n-positive", type=bounded_int(0, 1000), default=10, help="detection: activating contexts")
     p.add_argument("--n-negative", type=bounded_int(0, 1000), default=10, help="detection: non-activating contexts")
     p.add_argument("--n-fuzz", type=bounded_int(0, 1000), default=10, help="fuzzing: contexts (half marked at random)")
+    p.add_argument("--negatives-from", default=None, metavar="TEXT",
+                   help="non-activating contexts verified on this text (dataset or file) with the SAE and model; "
+                        "default: other features' examples in the store, presumed non-activating")
+    p.add_argument("--sae", default=None, help="the store's SAE, for --negatives-from (default: the SAE beside the store)")
+    p.add_argument("--lm", default=None, help="the SAE's model, for --negatives-from (default: from the SAE's metadata)")
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_explain)

@@ -6,6 +6,7 @@
     LLMExplainer(client).explain(record, split.explain) -> Explained(text, model, prompt_tokens, completion_tokens)
     TokenExplainer().explain(record, split.explain)     -> an offline explanation naming the top tokens (no LLM)
     NegativePool.from_store(store, seed=0).sample(record, n, rng) -> [Example]   contexts presumed not activating
+    NegativePool.from_model(lm, sae, source).sample(record, n, rng)             contexts verified not activating
 """
 from __future__ import annotations
 
@@ -93,17 +94,62 @@ class TokenExplainer:
 
 
 class NegativePool:
-    """Contexts to use as non-activating ones: top examples of other features of the same store.
+    """Contexts to use as non-activating ones.
 
-    The store keeps only each feature's own activations, so for a feature f a context of another feature is
-    *presumed* non-activating. To keep that presumption good, contexts are excluded when they come from f or a
-    feature that co-fires with f, or contain a token id on which f is active in any of its recorded examples.
-    Results carry ``negatives="store (presumed)"`` so this is never mistaken for verified negatives.
+    ``from_store``: top examples of other features of the same store. The store keeps only each feature's own
+    activations, so for a feature f a context of another feature is *presumed* non-activating. To keep that
+    presumption good, contexts are excluded when they come from f or a feature that co-fires with f, or contain a
+    token id on which f is active in any of its recorded examples (``source = "store (presumed)"``).
+
+    ``from_model``: windows of a text source run through the model and the SAE; a window is used for f only when
+    f is 0 on every token of it, in its full context (``source = "text (verified)"``).
     """
     source = "store (presumed)"
 
-    def __init__(self, contexts: list[tuple[int, object]]):
-        self.contexts = contexts            # [(owner feature, Example)]
+    def __init__(self, contexts: list[tuple[int, object]], active: list[frozenset] | None = None, source: str | None = None):
+        self.contexts = contexts            # [(owner feature or -1, Example)]
+        self.active = active                # per context: the features active on it (verified pools)
+        if source:
+            self.source = source
+
+    @classmethod
+    def from_model(cls, lm, sae, source, n_contexts: int = 256, context_size: int = 64, window: int = 5,
+                   batch_size: int = 8, seed: int = 0) -> "NegativePool":
+        """Non-overlapping windows of ``2 * window + 1`` tokens from ``n_contexts`` contexts of ``source`` (a dataset
+        name, file or iterable of texts), with the set of features active on each (BOS/EOS positions excluded)."""
+        import torch
+
+        from ..data import contexts_from
+        from ..interp.compat import check_fits
+        from ..report.stats import Example, sae_activations, vocab_strings
+
+        check_fits(lm, sae)
+        vocab = vocab_strings(lm)
+        special = {t for t in (lm.info.bos_token_id, lm.info.eos_token_id) if t is not None}
+        width = 2 * window + 1
+        ctxs = []
+        for ctx in contexts_from(lm, source, context_size, prepend_bos=bool(sae.cfg.metadata.prepend_bos), seed=seed):
+            ctxs.append(ctx)
+            if len(ctxs) == n_contexts:
+                break
+        out, active = [], []
+        for s in range(0, len(ctxs), batch_size):
+            batch = torch.stack(ctxs[s:s + batch_size])
+            with torch.no_grad():
+                f = sae_activations(lm, sae, batch) > 0                          # [B, T, d_sae]
+            for b, row in enumerate(batch.tolist()):
+                for lo in range(0, len(row) - width + 1, width):
+                    ids = row[lo:lo + width]
+                    if special.intersection(ids):
+                        continue
+                    on = f[b, lo:lo + width].any(0).nonzero().flatten().tolist()
+                    out.append((-1, Example([vocab[i] for i in ids], ids, [0.0] * width, window, 0.0)))
+                    active.append(frozenset(on))
+        if not out:
+            from ..errors import InputError
+
+            raise InputError(f"{source!s:.80}: gave no windows of {width} tokens for non-activating contexts; use more text")
+        return cls(out, active, "text (verified)")
 
     @classmethod
     def from_store(cls, store, n_features: int = 400, per_feature: int = 4, seed: int = 0) -> "NegativePool":
@@ -122,9 +168,12 @@ class NegativePool:
         """Up to ``n`` contexts presumed not to activate ``rec``'s feature (each with zero activations)."""
         from ..report.stats import Example
 
-        banned_feats = {rec.index} | {c["index"] for c in rec.cofire}
-        active_ids = {t for ex in rec.top + [e for iv in rec.intervals for e in iv["examples"]]
-                      for t, a in zip(ex.ids, ex.acts) if a > 0}
-        ok = [ex for owner, ex in self.contexts if owner not in banned_feats and not active_ids.intersection(ex.ids)]
+        if self.active is not None:
+            ok = [ex for (_, ex), on in zip(self.contexts, self.active) if rec.index not in on]
+        else:
+            banned_feats = {rec.index} | {c["index"] for c in rec.cofire}
+            active_ids = {t for ex in rec.top + [e for iv in rec.intervals for e in iv["examples"]]
+                          for t, a in zip(ex.ids, ex.acts) if a > 0}
+            ok = [ex for owner, ex in self.contexts if owner not in banned_feats and not active_ids.intersection(ex.ids)]
         chosen = rng.sample(ok, min(n, len(ok)))
         return [Example(list(ex.tokens), list(ex.ids), [0.0] * len(ex.tokens), ex.center, 0.0) for ex in chosen]
