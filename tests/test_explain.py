@@ -116,8 +116,8 @@ class FakeLLM:
                     text = fake.answer(body["messages"])
                     fake.record(body)
                     usage = {"prompt_tokens": len(body["messages"][1]["content"]) // 4, "completion_tokens": 7}
-                    self._send(200, json.dumps({"id": "x", "model": body["model"], "usage": usage,
-                                                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}))
+                    choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+                    self._send(200, json.dumps({"id": "x", "model": body["model"], "usage": usage, "choices": [choice]}))
                 finally:
                     with fake.lock:
                         fake.in_flight -= 1
@@ -247,7 +247,8 @@ def test_resume_after_interruption_skips_finished_features(store_path, llm, caps
 
 
 def test_api_key_from_named_environment_variable(store_path, llm, capsys, monkeypatch):
-    code, _, err = run(capsys, "explain", "--store", str(store_path), "--endpoint", llm.url, "--api-key-env", "SAESCOPE_TEST_KEY")
+    code, _, err = run(capsys, "explain", "--store", str(store_path), "--endpoint", llm.url,
+                       "--api-key-env", "SAESCOPE_TEST_KEY")
     assert code == 2 and "SAESCOPE_TEST_KEY is not set" in err and len(err.splitlines()) == 1
     monkeypatch.setenv("SAESCOPE_TEST_KEY", "sk-test-123")
     code, _, err = run(capsys, "explain", "--store", str(store_path), "--endpoint", llm.url, "--api-key-env",

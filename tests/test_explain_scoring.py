@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from saescope.explain import (CoinFlipJudge, ConstantJudge, Context, ExplainConfig, LocalChatClient, OracleJudge,
-                              ParseError, Price, TokenExplainer, TokenMatchJudge, Usage, auroc, balanced_accuracy, explain_store,
-                              parse_explanation, parse_probabilities, score, split_examples)
+                              ParseError, Price, TokenExplainer, TokenMatchJudge, Usage, auroc, balanced_accuracy,
+                              explain_store, parse_explanation, parse_probabilities, score, split_examples)
 from saescope.explain.client import ChatReply, _parse_completion
 from saescope.explain.explainer import NegativePool
 from saescope.report.store import FeatureStore, write_store

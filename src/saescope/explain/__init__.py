@@ -23,5 +23,6 @@ from .search import search_features
 __all__ = ["ChatClient", "ChatReply", "ClientConfig", "LLMError", "Price", "Usage", "Explained", "LLMExplainer",
            "NegativePool", "Split", "TokenExplainer", "split_examples", "LocalChatClient", "ParseError",
            "parse_explanation", "parse_probabilities", "ExplainConfig", "ExplainSummary", "explain_store",
-           "parse_features", "Context", "CoinFlipJudge", "ConstantJudge", "LLMJudge", "OracleJudge", "ScoreResult", "TokenMatchJudge",
+           "parse_features", "Context", "CoinFlipJudge", "ConstantJudge", "LLMJudge", "OracleJudge", "ScoreResult",
+           "TokenMatchJudge",
            "auroc", "balanced_accuracy", "score", "search_features"]

@@ -95,7 +95,8 @@ class Usage:
         """Totals; ``cost_usd`` is None when a model used has no price (unknown, not free)."""
         prices = prices or {}
         with self._lock:
-            models = {m: {"prompt_tokens": p, "completion_tokens": c, "requests": n} for m, (p, c, n) in self.per_model.items()}
+            models = {m: {"prompt_tokens": p, "completion_tokens": c, "requests": n}
+                      for m, (p, c, n) in self.per_model.items()}
             out = {"requests": self.requests, "retries": self.retries, "replies_without_usage": self.unreported}
         cost = 0.0
         for m, row in models.items():

@@ -66,7 +66,8 @@ class LLMExplainer:
         self.model = client.name
 
     def settings(self) -> dict:
-        return {"max_tokens": self.max_tokens, "temperature": getattr(getattr(self.client, "config", None), "temperature", 0.0)}
+        config = getattr(self.client, "config", None)
+        return {"max_tokens": self.max_tokens, "temperature": getattr(config, "temperature", 0.0)}
 
     def explain(self, rec, examples) -> Explained:
         reply = self.client.chat(explain_messages(examples, rec.max), max_tokens=self.max_tokens)

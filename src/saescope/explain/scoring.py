@@ -9,8 +9,8 @@
 Metrics: balanced accuracy ``(TPR + TNR) / 2`` at probability 0.5, and AUROC (Mann-Whitney, ties count 1/2);
 None when a class is missing. A judge answers ``judge(kind, explanation, items) -> [p | None]``:
 ``LLMJudge`` (a chat model), ``OracleJudge`` (reads the true activations), ``CoinFlipJudge`` (seeded),
-``ConstantJudge`` and ``TokenMatchJudge`` (takes a token-list explanation literally) plug in the same way. The judge never sees ``Context.acts`` or ``Context.label`` unless it is
-the oracle.
+``ConstantJudge`` and ``TokenMatchJudge`` (takes a token-list explanation literally) plug in the same way.
+The judge never sees ``Context.acts`` or ``Context.label`` unless it is the oracle.
 """
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ ACTIVATION_FIELDS = (
     "logitContributions", "binMin", "binMax", "binContains", "qualifyingTokenIndex",
 )
 EXPLANATION_FIELDS = ("id", "modelId", "layer", "index", "authorId", "description", "embedding", "typeName",
-                      "explanationModelName", "umap_x", "umap_y", "umap_cluster", "umap_log_feature_sparsity", "notes", "createdAt")
+                      "explanationModelName", "umap_x", "umap_y", "umap_cluster", "umap_log_feature_sparsity", "notes",
+                      "createdAt")
 SOURCE_FIELDS = ("id", "modelId", "setName", "visibility", "dataset", "num_prompts", "num_tokens_in_prompt",
                  "hfRepoId", "hfFolderId", "creatorId")
 
