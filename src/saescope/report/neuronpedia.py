@@ -9,6 +9,14 @@ database rows (the ``Feature`` and ``Activation`` tables, as written by Neuronpe
 
 Fields saescope has no data for are present with empty values (empty lists, null), as Neuronpedia's schema
 allows. The histogram is the store's log-spaced activation histogram (bar values = geometric bin centres).
+
+Explanations made by ``saescope explain`` go, when the store has any, into
+``<source>/explanations/batch-<n>.jsonl.gz``, one ``Explanation`` row each (the fields of Neuronpedia's own
+explanation export; its import reads this folder). ``description`` is the explanation; ``typeName`` and
+``explanationModelName`` refer to rows of Neuronpedia's ``ExplanationType``/``ExplanationModelType`` tables, so
+they are null unless given (``explanation_type``, ``explanation_model_names``). Neuronpedia's exports carry no
+score rows, so the scores and the explainer model go into the row's ``notes`` text. Automatic labels are not
+exported as explanations.
 """
 from __future__ import annotations
 
@@ -38,6 +46,9 @@ ACTIVATION_FIELDS = (
     "dataSource", "dataIndex", "dfaValues", "dfaTargetIndex", "dfaMaxValue", "createdAt", "lossValues",
     "logitContributions", "binMin", "binMax", "binContains", "qualifyingTokenIndex",
 )
+EXPLANATION_FIELDS = ("id", "modelId", "layer", "index", "authorId", "description", "embedding", "typeName",
+                      "explanationModelName", "umap_x", "umap_y", "umap_cluster", "umap_log_feature_sparsity", "notes",
+                      "createdAt")
 SOURCE_FIELDS = ("id", "modelId", "setName", "visibility", "dataset", "num_prompts", "num_tokens_in_prompt",
                  "hfRepoId", "hfFolderId", "creatorId")
 
@@ -51,6 +62,7 @@ class ExportResult:
     n_activations: int
     feature_files: list[Path]
     activation_files: list[Path]
+    explanation_files: list[Path] = ()
 
 
 def _cuid(*parts) -> str:
@@ -75,7 +87,8 @@ def _write_gz(path: Path, rows: list[dict]) -> None:
 
 def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str | None = None, set_name: str = "saescope",
                        layer: int | None = None, creator_id: str = "saescope", features_per_batch: int = 128,
-                       include_vectors: bool = False, sae=None) -> ExportResult:
+                       include_vectors: bool = False, sae=None, explanation_type: str | None = None,
+                       explanation_model_names: dict | None = None) -> ExportResult:
     """Write ``store`` as Neuronpedia feature/activation batches under ``out_dir/<modelId>/<layer>-<set_name>/``.
 
     model_id defaults to the store's model name; layer to the hook's layer (``blocks.L.``). ``include_vectors``
@@ -161,4 +174,36 @@ def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str |
         if len(feats) >= features_per_batch:
             flush()
     flush()
-    return ExportResult(src, n_feat, n_act, ffiles, afiles)
+    efiles = export_explanations(store, src, model_id, source_id, creator_id, created, explanation_type,
+                                 explanation_model_names, features_per_batch)
+    return ExportResult(src, n_feat, n_act, ffiles, afiles, efiles)
+
+
+def _notes(e: dict) -> str:
+    """The explainer and the scores of an explanation, as one line of text."""
+    parts = [f"saescope {e['method']} explanation by {e['model']}"]
+    for sc in e["scores"]:
+        shown = ", ".join(f"{m} {v:.3f}" for m, v in sc["metrics"].items() if v is not None)
+        parts.append(f"{sc['scorer']} ({sc['judge']}, n={sc['n']}): {shown or 'undefined'}")
+    return "; ".join(parts)
+
+
+def export_explanations(store: FeatureStore, src: Path, model_id: str, source_id: str, creator_id: str, created: str,
+                        explanation_type: str | None = None, explanation_model_names: dict | None = None,
+                        per_batch: int = 128) -> list[Path]:
+    """Write the store's explanations as Neuronpedia ``Explanation`` rows under ``src/explanations/``."""
+    rows = [{"id": _cuid(model_id, source_id, e["feature"], "explanation", e["model"], e["method"], e["created"]),
+             "modelId": model_id, "layer": source_id, "index": str(e["feature"]), "authorId": creator_id,
+             "description": e["explanation"], "embedding": None, "typeName": explanation_type,
+             "explanationModelName": (explanation_model_names or {}).get(e["model"]), "umap_x": None, "umap_y": None,
+             "umap_cluster": None, "umap_log_feature_sparsity": None, "notes": _notes(e), "createdAt": created}
+            for e in sorted(store.explanations(), key=lambda e: (e["feature"], e["created"]))]
+    files = []
+    if not rows:
+        return files
+    (src / "explanations").mkdir(parents=True, exist_ok=True)
+    for b, s in enumerate(range(0, len(rows), per_batch)):
+        path = src / "explanations" / f"batch-{b}.jsonl.gz"
+        _write_gz(path, rows[s:s + per_batch])
+        files.append(path)
+    return files

@@ -13,6 +13,9 @@ A build writes ``<name>.partial`` (checkpointed, resumable) and renames it over 
 so an existing store is never left half-written. Labels from ``labels.json`` beside the SAE take precedence
 over the labels recorded at build time. ``FeatureStore.for_sae`` refuses a store built for another SAE or model
 (``saescope.site.check_artifact``).
+
+Explanations and scores (``saescope explain``) live in tables of their own, described in ``store_explain``
+(schema_version 2); stores written before have none, and read as having no explanations.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..site import check_artifact, load_labels
 from .accumulate import StatsConfig
 from .records import FeatureRecord, FeatureStats
+from .store_explain import SCHEMA_VERSION, ExplanationWriter, LabelIndex, SearchHit, search_explanations  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +290,81 @@ class FeatureStore:
                 rec.label = self.labels[i]
             yield rec
 
+    # ---------------------------------------------------------------- explanations and search
+    _label_index: "LabelIndex | None" = None        # built on the first search
+
+    def _has_table(self, name: str) -> bool:
+        row = self._con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        return row is not None
+
+    def _check_schema(self) -> None:
+        with self._lock:
+            row = self._con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = json.loads(row[0]) if row else 1
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise CheckpointError(f"{self.path}: schema_version {version!r} is newer than this saescope reads "
+                                  f"({SCHEMA_VERSION}); upgrade saescope")
+
+    def explanations(self, index: int | None = None) -> list[dict]:
+        """Explanations (of feature ``index``, or all), newest first, each with its scores, newest first:
+        ``[{"scorer": "detection", "judge": "llm:<model>", "n": n, "created": ..., "metrics": {"balanced_accuracy":
+        v, "auroc": v}}]``. A store without explanation tables has none."""
+        self._check_schema()
+        with self._lock:
+            if not self._has_table("explanations"):
+                return []
+            where, args = ("WHERE feature = ?", (int(index),)) if index is not None else ("", ())
+            rows = self._con.execute(f"SELECT id, feature, explanation, model, method, created FROM explanations {where} "
+                                     f"ORDER BY created DESC, id DESC", args).fetchall()
+            ids = [r[0] for r in rows]
+            scores: dict[int, dict] = {i: {} for i in ids}
+            for s in range(0, len(ids), 500):
+                chunk = ids[s:s + 500]
+                for e, scorer, judge, key, metric, value, n, created in self._con.execute(
+                        f"SELECT explanation, scorer, judge, key, metric, value, n, created FROM scores WHERE explanation "
+                        f"IN ({','.join('?' * len(chunk))}) ORDER BY created DESC, rowid", chunk):
+                    d = scores[e].setdefault(key, {"scorer": scorer, "judge": judge, "n": n, "created": created,
+                                                   "metrics": {}})
+                    d["metrics"][metric] = value
+        return [{"feature": f, "explanation": t, "model": m, "method": me, "created": c, "scores": list(scores[i].values())}
+                for i, f, t, m, me, c in rows]
+
+    def search(self, q: str, limit: int = 20) -> list["SearchHit"]:
+        """Features whose explanation or label matches ``q`` (all its words; the last may be a prefix), best first
+        (bm25), with a snippet (matches between « and »). A number also finds that feature; a query without
+        words (``⏎``) matches as a substring."""
+        from .._checks import checked_int
+
+        limit = checked_int(limit, "search limit", lo=1, hi=1000)
+        if not isinstance(q, str) or len(q) > 500:
+            raise InputError("search query: expected text of at most 500 characters")
+        self._check_schema()
+        q_int = q.strip()
+        index_hit = int(q_int) if q_int.isdigit() and len(q_int) < 12 and int(q_int) < self.d_sae else None
+        with self._lock:
+            if self._label_index is None:
+                rows = self._con.execute("SELECT id, label FROM features").fetchall()
+                self._label_index = LabelIndex({**{i: lab for i, lab in rows if lab}, **self.labels})
+            has_fts = self._has_table("explanations_fts")
+            found = search_explanations(self._con, q, 4 * limit) if has_fts else []
+            found += self._label_index.search(q, 4 * limit)
+            best: dict[int, tuple] = {}
+            for index, score, matched, snippet in found:
+                if index not in best or score < best[index][0]:
+                    best[index] = (score, matched, snippet)
+            if index_hit is not None:
+                best[index_hit] = (float("-inf"), "index", q_int)
+            order = sorted(best, key=lambda i: (best[i][0], best[i][1] != "explanation", i))[:limit]
+            latest = {}
+            if self._has_table("explanations") and order:
+                marks = ",".join("?" * len(order))
+                for f, text, model in self._con.execute(
+                        f"SELECT feature, explanation, model FROM explanations WHERE feature IN ({marks}) "
+                        f"ORDER BY created, id", order):
+                    latest[f] = (text, model)
+        return [SearchHit(i, best[i][0], best[i][1], best[i][2], self._label_index.labels.get(i),
+                          *latest.get(i, (None, None))) for i in order]
+
     def close(self) -> None:
         self._con.close()
 
@@ -294,3 +373,5 @@ class FeatureStore:
 
     def __exit__(self, *exc):
         self.close()
+
+

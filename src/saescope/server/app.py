@@ -274,6 +274,13 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
             rows = store.summaries(sort=sort, query=q, limit=max(0, min(limit, 10_000)), offset=max(0, offset))
         return {"features": [s.to_dict() for s in rows]}
 
+    @app.get("/api/search")
+    def api_search(q: str = "", limit: int = 20):
+        """Features ranked by how well their explanation or label matches ``q`` (``saescope.explain.search``)."""
+        from ..explain.search import search_features
+
+        return search_features(store, q, limit, labels)
+
     @app.post("/api/read")
     def api_read(req: ReadRequest):
         with read_gate.enter("reads"), model_lock:
