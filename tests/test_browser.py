@@ -125,7 +125,7 @@ def hostile(gpt2_dir, tmp_path_factory, one_thread):
     import torch
 
     from report_helpers import ThreadServer, make_corpus, make_sae
-    from saescope.interp.labels import load_labels
+    from saescope.site import load_labels
     from saescope.lm import LanguageModel
     from saescope.report import FeatureStore, StatsConfig, compute_feature_stats
     from saescope.report.dashboard import write_dashboard

@@ -88,22 +88,22 @@ def _explainer_and_judge(args, llm):
     return explainer, judge, scorers
 
 
-def _negatives(args, store: Path, d_sae: int):
+def _negatives(args, store: Path):
     """The pool of non-activating contexts: verified on --negatives-from text with the SAE, else None (the store's)."""
     if not args.negatives_from:
         return None
     from ..errors import InputError
     from ..explain import NegativePool
     from ..lm import LanguageModel
+    from ..report.store import FeatureStore
     from ..sae import SAE
 
     spec = args.sae or (str(store.parent) if (store.parent / "cfg.json").is_file() else None)
     if spec is None:
         raise InputError("--negatives-from needs the store's SAE: pass --sae PATH or RELEASE:SAE_ID")
     sae = SAE.from_spec(spec, device=args.device)
-    if sae.d_sae != d_sae:
-        raise InputError(f"--sae {spec} has {sae.d_sae} features but the store has {d_sae}; pass the store's SAE")
     lm = LanguageModel.from_pretrained(args.lm or sae.cfg.metadata.model_name or "tiny", device=args.device)
+    FeatureStore.for_sae(sae, store, lm=lm, allow_mismatch=args.allow_mismatch).close()   # the store's own SAE
     return NegativePool.from_model(lm, sae, args.negatives_from, seed=args.seed)
 
 
@@ -116,10 +116,9 @@ def _explain(args) -> int:
     path = _target(store, args.out)
     with FeatureStore(path) as fs:
         features = parse_features(args.features, fs.d_sae)
-        d_sae = fs.d_sae
     prices = dict(Price.parse(p) for p in args.price or [])
     cfg = ExplainConfig(n_positive=args.n_positive, n_negative=args.n_negative, n_fuzz=args.n_fuzz, seed=args.seed)
-    pool = _negatives(args, store, d_sae)
+    pool = _negatives(args, store)
     llm = _clients(args)
     try:
         explainer, judge, scorers = _explainer_and_judge(args, llm)
@@ -187,6 +186,8 @@ def register(sub) -> None:
                    help="non-activating contexts verified on this text (dataset or file) with the SAE and model; "
                         "default: other features' examples in the store, presumed non-activating")
     p.add_argument("--sae", default=None, help="the store's SAE, for --negatives-from (default: the SAE beside the store)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="verify negatives with an SAE the store was not built for anyway (a warning, not an error)")
     p.add_argument("--lm", default=None, help="the SAE's model, for --negatives-from (default: from the SAE's metadata)")
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

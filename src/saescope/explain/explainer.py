@@ -121,15 +121,15 @@ class NegativePool:
         import torch
 
         from ..data import contexts_from
-        from ..interp.compat import check_fits
-        from ..report.stats import Example, sae_activations, vocab_strings
+        from ..report.stats import Example, vocab_strings
+        from ..site import attach
 
-        check_fits(lm, sae)
+        att = attach(lm, sae)
         vocab = vocab_strings(lm)
         special = {t for t in (lm.info.bos_token_id, lm.info.eos_token_id) if t is not None}
         width = 2 * window + 1
         ctxs = []
-        for ctx in contexts_from(lm, source, context_size, prepend_bos=bool(sae.cfg.metadata.prepend_bos), seed=seed):
+        for ctx in contexts_from(lm, source, context_size, prepend_bos=att.prepend_bos, seed=seed):
             ctxs.append(ctx)
             if len(ctxs) == n_contexts:
                 break
@@ -137,7 +137,7 @@ class NegativePool:
         for s in range(0, len(ctxs), batch_size):
             batch = torch.stack(ctxs[s:s + batch_size])
             with torch.no_grad():
-                f = sae_activations(lm, sae, batch) > 0                          # [B, T, d_sae]
+                f = att.features(batch.to(lm.device)).cpu() > 0                 # [B, T, d_sae]
             for b, row in enumerate(batch.tolist()):
                 for lo in range(0, len(row) - width + 1, width):
                     ids = row[lo:lo + width]

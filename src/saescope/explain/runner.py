@@ -153,7 +153,8 @@ def explain_store(path: str | Path, explainer, judge=None, scorers=KINDS, featur
                   config: ExplainConfig = ExplainConfig(), concurrency: int = 4, prices: dict | None = None,
                   pool: NegativePool | None = None) -> ExplainSummary:
     """Explain (and score with ``judge``) ``features`` of the store at ``path`` (None: all); see the module doc."""
-    from ..report.store import ExplanationWriter, FeatureStore
+    from ..report.store import FeatureStore
+    from ..report.store_explain import ExplanationWriter
 
     unknown = [s for s in scorers if s not in KINDS]
     if unknown:

@@ -35,7 +35,7 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..site import check_artifact, load_labels
 from .accumulate import StatsConfig
 from .records import FeatureRecord, FeatureStats
-from .store_explain import SCHEMA_VERSION, ExplanationWriter, LabelIndex, SearchHit, search_explanations  # noqa: F401
+from .store_explain import SCHEMA_VERSION, LabelIndex, SearchHit, search_explanations  # noqa: F401
 
 log = logging.getLogger(__name__)
 
