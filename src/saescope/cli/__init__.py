@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "saescope.cli.train",     # harvest, train
     "saescope.cli.evals",     # eval
     "saescope.cli.report",    # dashboard, serve
+    "saescope.cli.plan",      # plan
 ]
 
 
