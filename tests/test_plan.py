@@ -46,6 +46,7 @@ def peak_live_bytes(fn) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ shapes
+@pytest.mark.compat
 def test_gpt2_small_and_v5_128k_from_configs_alone(real_gpt2_cache):
     m = model_shape("gpt2")
     assert m.n_params == GPT2_SMALL_PARAMS                  # tied embeddings counted once
@@ -70,6 +71,7 @@ def test_10gb_card_answer(real_gpt2_cache):
     assert not small.tasks["train"].fits and "weights alone" in small.tasks["train"].notes[0]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("which", ["gpt2_dir", "pythia_dir"])
 def test_parameter_count_matches_the_checkpoint(which, request):
     """Counted from config.json (meta device) = the tensors in the saved model.safetensors (tied once)."""
@@ -96,6 +98,7 @@ def test_shape_agrees_with_the_loaded_model(gpt2_dir):
            (b.n_params, b.n_layers, b.d_model, b.d_mlp, b.d_vocab, b.n_ctx, b.n_kv_heads)
 
 
+@pytest.mark.compat
 def test_kv_cache_equals_transformers_cache(gpt2_dir):
     from transformers import AutoModelForCausalLM
 
@@ -193,6 +196,7 @@ def test_pick_batch_size_for_loaded_objects(gpt2_dir):
         pick_batch_size("stats", lm, sae, context_size=128, memory="64MB")
 
 
+@pytest.mark.compat
 def test_cli_json_and_exit_codes(real_gpt2_cache, capsys):
     assert main(["plan", "--model", "gpt2", "--sae", V5, "--device-memory", "10GB", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.compat
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: TRITON_INTERPRET must be set before Triton is imported.
