@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -187,5 +186,4 @@ def _gpu_name() -> str | None:
 
 
 if __name__ == "__main__":
-    tempfile.tempdir = None
     main()

@@ -12,7 +12,6 @@ import torch
 from gpu_bench import Peak, device, load_lm, make_sae, resident_bytes, sync, timed
 
 PROMPT = "The history of the city begins with a small settlement on the river, where"
-HUGE = None
 
 
 def _budget():
@@ -31,8 +30,8 @@ def part_kernels(work: Path, S: dict) -> dict:
     """The Triton kernels of the sparse TopK path against the PyTorch path: both products, then the gradients of
     a whole TopK (+AuxK) loss; times of each path."""
     from saescope.train import sparse, triton_topk
-    from saescope.train.losses import TrainableSAE
     from saescope.train import TrainConfig
+    from saescope.train.losses import TrainableSAE
 
     dev = device()
     if not triton_topk.available():
