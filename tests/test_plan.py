@@ -120,12 +120,22 @@ def _sae(d_sae=8192, arch="topk"):
     return SAE(cfg, seed=0)
 
 
+def _features(lm, sae, ids):
+    """Feature activations [b, pos, d_sae] as the statistics pass computes them (through the attach layer)."""
+    try:
+        from saescope.site import attach
+    except ImportError:   # before the attach layer
+        from saescope.report.stats import sae_activations
+        return sae_activations(lm, sae, ids)
+    return attach(lm, sae).features(ids)
+
+
 @pytest.mark.parametrize("task", ["read", "stats", "eval", "steer"])
 def test_estimate_bounds_the_measured_peak(task, gpt2_dir):
     """Planned activations (weights already loaded) >= the measured peak of live tensors, and not 2.5x above it."""
     from saescope.evals import evaluate_sae
     from saescope.lm import LanguageModel
-    from saescope.report.stats import StatsAccumulator, StatsConfig, sae_activations
+    from saescope.report.stats import StatsAccumulator, StatsConfig
 
     lm = LanguageModel.from_pretrained(str(gpt2_dir), device="cpu")
     sae = _sae()
@@ -136,10 +146,10 @@ def test_estimate_bounds_the_measured_peak(task, gpt2_dir):
     def run():
         with torch.no_grad():
             if task == "read":
-                sae_activations(lm, sae, ids)
+                _features(lm, sae, ids)
             elif task == "stats":
                 acc = StatsAccumulator(sae.d_sae, StatsConfig())
-                acc.update(ids, sae_activations(lm, sae, ids), torch.ones(B, T, dtype=torch.bool))
+                acc.update(ids, _features(lm, sae, ids), torch.ones(B, T, dtype=torch.bool))
             elif task == "eval":
                 evaluate_sae(lm, sae, ids, tokens=B * T, batch_size=B, context_size=T)
             else:

@@ -10,8 +10,9 @@ checked against a measured peak, as ``benchmarks/gpu_bench.py`` does):
                          + logits: none with early exit (read, stats, train), the last position when generating,
                          all positions in fp32 with log-softmax copies for evals
     KV cache             2 x layers x kv heads x d_head per token of every sequence
-    SAE activations      dense [tokens, d_sae] tensors: pre-activations and code (read: 2, statistics: 2.25 with
-                         the active mask, evals: 2.5 with the reconstruction, steering: 3 with the edited code)
+    SAE activations      dense [tokens, d_sae] tensors: pre-activations, code, TopK's buffers and the finiteness
+                         mask (read, statistics: 3), with the reconstruction (evals: 2.5), with the edited code
+                         (steering: 3)
     training state       fp32 master weights, gradients and two Adam moments (16 bytes per SAE parameter),
                          + half copies of both matrices under autocast
     training batch       pre-activations, AuxK's masked copy and TopK's working buffers, 2.25 x [batch, d_sae] in
@@ -36,7 +37,7 @@ GiB = 1 << 30
 CUDA_CONTEXT = GiB // 2
 HEADROOM = 0.9
 TASKS = ("read", "steer", "train", "stats", "eval")
-SAE_COPIES = {"read": 2.0, "steer": 3.0, "stats": 2.25, "eval": 2.5}
+SAE_COPIES = {"read": 3.0, "steer": 3.0, "stats": 3.0, "eval": 2.5}
 MAX_SEARCH = 1 << 24        # largest batch the search considers (tokens or sequences)
 # The size chosen when more fits: beyond these a batch buys no throughput, only memory (train: TrainConfig's
 # batch of 4,096 tokens, stats/eval: 64 and 32 contexts of 128, read/steer: 32 sequences).
