@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "saescope.cli.evals",     # eval
     "saescope.cli.report",    # dashboard, serve
     "saescope.cli.explain",   # explain
+    "saescope.cli.plan",      # plan
 ]
 
 

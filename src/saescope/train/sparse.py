@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .triton_topk import dispatch as _kernels   # Triton kernels on CUDA when available (PyTorch otherwise)
+
 warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
 warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
 
@@ -100,6 +102,8 @@ class ActivePattern:
         """``(g @ weight^T)`` at the pattern's entries: g [B, d], weight [d_sae, d] -> [nnz] (CSR order)."""
         if self.nnz == 0:
             return g.new_zeros(0)
+        if (k := _kernels(g)) is not None:
+            return k.sampled(self, g, weight)
         zero = self.csr(torch.zeros(self.nnz, dtype=g.dtype, device=g.device))
         return torch.sparse.sampled_addmm(zero, g, weight.t(), beta=0.0).values()
 
@@ -107,6 +111,8 @@ class ActivePattern:
         """``A^T @ dense``: values [nnz], dense [B, d] -> [d_sae, d]."""
         if self.nnz == 0:
             return dense.new_zeros(self.n_cols, dense.shape[1])
+        if (k := _kernels(dense)) is not None:
+            return k.t_matmul(self, values, dense)
         return torch.sparse.mm(self.csr_t(values), dense)
 
 
