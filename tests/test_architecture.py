@@ -17,12 +17,12 @@ ALLOWED = {
     "data": {"lm"},
     "site": {"lm", "sae"},
     "interp": {"lm", "sae", "data", "site"},
-    "evals": {"lm", "sae", "data", "site"},
-    "train": {"lm", "sae", "data", "site", "evals"},
-    "report": {"lm", "sae", "data", "site", "interp", "evals"},
+    "evals": {"lm", "sae", "data", "site", "plan"},
+    "train": {"lm", "sae", "data", "site", "evals", "plan"},
+    "report": {"lm", "sae", "data", "site", "interp", "evals", "plan"},
     "explain": {"lm", "sae", "data", "site", "interp", "report"},
     "graph": {"lm", "sae", "data", "site", "interp", "report"},
-    "plan": {"lm", "sae", "data", "site"},
+    "plan": {"lm", "sae", "data", "site"},     # below evals/report/train: they ask it for batch sizes
     "server": {"lm", "sae", "data", "site", "interp", "evals", "report", "explain", "graph", "plan"},
     "cli": None,   # the interface may import anything
 }

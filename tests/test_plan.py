@@ -244,3 +244,25 @@ def test_errors_name_the_value(real_gpt2_cache, tmp_path):
     with pytest.raises(CheckpointError, match="offline|not in the local"):
         sae_shape("gpt2-small-resid-post-v5-32k:blocks.8.hook_resid_post")   # its cfg.json is not cached
     assert V5_128K_REPO.startswith("jbloom/")
+
+
+def test_fitting_batch_size_only_shrinks_on_a_gpu(monkeypatch):
+    """Statistics and evals ask the planner for their batch on a GPU; on the CPU the asked size stays (so results
+    that depend on batching never depend on the free memory)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from saescope.plan import memory
+
+    calls = []
+
+    def fake_pick(task, lm, sae, context_size, cap=None, **kw):
+        calls.append((task, context_size, cap))
+        return 3
+
+    monkeypatch.setattr(memory, "pick_batch_size", fake_pick)
+    cpu = SimpleNamespace(lm=None, sae=SimpleNamespace(device=torch.device("cpu")))
+    gpu = SimpleNamespace(lm=None, sae=SimpleNamespace(device=torch.device("cuda", 0)))
+    assert memory.fitting_batch_size("stats", cpu, 128, 32) == 32 and not calls
+    assert memory.fitting_batch_size("eval", gpu, 128, 8) == 3 and calls == [("eval", 128, 8)]

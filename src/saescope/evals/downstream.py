@@ -33,6 +33,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..progress import progress
+from ..plan import fitting_batch_size
 from ..site import attach, check_finite, sae_name
 from . import metrics as M
 
@@ -198,6 +199,7 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     mask_all = ~torch.isin(ids_all, special)
     if not mask_all.any():
         raise InputError("no token left to evaluate after excluding BOS/special tokens; give more text")
+    batch_size = fitting_batch_size("eval", att, context_size, batch_size)
     batches = [(ids_all[i:i + batch_size], mask_all[i:i + batch_size]) for i in range(0, len(ids_all), batch_size)]
     with progress(total=len(batches) * (2 if downstream else 1), desc="eval", unit="batch") as bar:
         result = _evaluate(att, batches, bar, downstream, name or sae_name(sae), exclude_bos, context_size)

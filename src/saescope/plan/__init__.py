@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._checks import format_bytes
-from .memory import (CUDA_CONTEXT, HEADROOM, TASKS, Budget, TaskPlan, device_budget, parse_memory, pick_batch_size,
-                     plan_task)
+from .memory import (CUDA_CONTEXT, HEADROOM, TASKS, Budget, TaskPlan, device_budget, fitting_batch_size, parse_memory,
+                     pick_batch_size, plan_task)
 from .shapes import ModelShape, SAEShape, check_pair, model_shape, sae_shape
 
 __all__ = ["plan", "PlanReport", "TaskPlan", "Budget", "ModelShape", "SAEShape", "model_shape", "sae_shape",
-           "plan_task", "device_budget", "parse_memory", "pick_batch_size", "TASKS", "CUDA_CONTEXT", "HEADROOM"]
+           "plan_task", "device_budget", "parse_memory", "pick_batch_size", "fitting_batch_size", "TASKS", "CUDA_CONTEXT", "HEADROOM"]
 
 
 @dataclass

@@ -25,6 +25,7 @@ workspace live outside PyTorch's allocator), times ``HEADROOM`` for fragmentatio
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from .._checks import available_memory, checked_float, format_bytes
 from ..errors import InputError
 from .shapes import ModelShape, SAEShape, dtype_bytes
+
+log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 CUDA_CONTEXT = GiB // 2
@@ -279,3 +282,15 @@ def pick_batch_size(task: str, lm, sae, context_size: int, device=None, memory=N
                          f"needs {format_bytes(plan.total)}, only {format_bytes(budget.usable)} usable "
                          f"({budget.source})")
     return plan.size
+
+
+def fitting_batch_size(task: str, att, context_size: int, wanted: int) -> int:
+    """``wanted`` sequences per forward pass, or fewer when the attached model and SAE sit on a GPU whose free
+    memory holds fewer (``pick_batch_size``). On the CPU ``wanted`` is kept as it is: results that depend on the
+    batching (the statistics' reservoir samples) then never depend on the memory free at the time."""
+    if att.sae.device.type != "cuda":
+        return wanted
+    got = pick_batch_size(task, att.lm, att.sae, context_size, cap=wanted)
+    if got < wanted:
+        log.info("%s: %d sequences of %d tokens per pass fit the GPU (asked for %d)", task, got, context_size, wanted)
+    return got

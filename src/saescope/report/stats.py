@@ -36,6 +36,7 @@ import torch
 from ..data import contexts_from
 from ..errors import InputError
 from ..progress import progress
+from ..plan import fitting_batch_size
 from ..site import LENS, attach, describe, load_labels, logit_lens
 from .accumulate import StatsAccumulator, StatsConfig
 from .records import Example, FeatureRecord, FeatureStats
@@ -175,7 +176,8 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
                    desc="feature stats", unit="tok", unit_scale=True)
     try:
         contexts = contexts_from(lm, source, config.context_size, prepend_bos=att.prepend_bos, seed=config.seed)
-        for batch in _batches(contexts, config.batch_size, n_contexts, done_before):
+        batch_size = fitting_batch_size("stats", att, config.context_size, config.batch_size)
+        for batch in _batches(contexts, batch_size, n_contexts, done_before):
             f = att.features(batch.to(lm.device))
             mask = torch.ones(batch.shape, dtype=torch.bool)
             for t in bos:
