@@ -242,7 +242,9 @@ def _merge(key, wins, bkey, brow, k, gather):
     for w in wins:
         idx = run.view(*run.shape, *([1] * (w.dim() - 2))).expand(-1, -1, *w.shape[2:])
         out.append(w.gather(1, idx))
-    fi, fj = (sel >= K).nonzero(as_tuple=True)
+    # only candidates with a finite key need their windows (an empty slot, key -inf, is never shown): on the first
+    # batch every slot is empty, and gathering windows for all of them would cost d_sae * K windows at once
+    fi, fj = ((sel >= K) & torch.isfinite(top)).nonzero(as_tuple=True)
     if fi.numel():
         new = gather(fi, brow[fi, sel[fi, fj] - K])
         for o, x in zip(out, new):
