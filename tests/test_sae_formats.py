@@ -128,9 +128,10 @@ def test_gemma_scope_npz(tmp_path):
 def _dl_save(folder, cls, state, **trainer):
     folder.mkdir(parents=True)
     torch.save(state, folder / "ae.pt")
+    trainer = {"submodule_name": "resid_post_layer_2", **trainer}
     (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": cls, "activation_dim": D_IN, "dict_size": D_SAE,
                                                                 "layer": 2, "lm_name": "EleutherAI/pythia-70m-deduped", **trainer},
-                                                    "buffer": {"ctx_len": 128}}))
+                                                    "buffer": {"ctx_len": 128, "io": "out"}}))
 
 
 def test_dictionary_learning_classes(tmp_path):
