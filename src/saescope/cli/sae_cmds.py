@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import print_json
+from .common import add_architecture_arg, print_json
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("src", help="checkpoint path or RELEASE:SAE_ID")
     p.add_argument("dst", help="destination directory (must not exist)")
     p.add_argument("--json", action="store_true", help="print the written config as JSON")
+    add_architecture_arg(p)
     p.set_defaults(handler=cmd_convert)
 
 
@@ -53,7 +54,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     dst = Path(args.dst)
     if dst.exists():
         raise InputError(f"{dst}: destination exists; choose a new directory (convert never overwrites)")
-    sae = SAE.from_spec(args.src)
+    sae = SAE.from_spec(args.src, architecture=args.architecture)
     sae.save(dst)
     if args.json:
         print_json(sae.cfg.to_dict())

@@ -40,6 +40,17 @@ def same_model(a: str | None, b: str | None) -> bool:
     return canonical_model_name(a) == canonical_model_name(b)
 
 
+def sae_prepend_bos(lm, sae) -> bool:
+    """The SAE's ``metadata.prepend_bos``; when the SAE does not say (None), the model's own default
+    (``lm.info.default_prepend_bos``), never ``bool(None)``."""
+    pb = sae.cfg.metadata.prepend_bos
+    if pb is None:
+        log.debug("the SAE does not say whether it expects a BOS token; using the model's default (%s)",
+                  lm.info.default_prepend_bos)
+        return bool(lm.info.default_prepend_bos)
+    return bool(pb)
+
+
 def sae_hook(sae) -> str:
     """The hook the SAE reads from (its metadata); a ConfigError when the SAE does not say."""
     hook = sae.cfg.metadata.hook_name
@@ -157,7 +168,7 @@ def tokens_for(lm, sae, text: str, prepend_bos: bool | None = None, reserve: int
     if not isinstance(text, str) or text == "":
         raise InputError(f"{what} is empty; give at least one character")
     if prepend_bos is None:
-        prepend_bos = bool(sae.cfg.metadata.prepend_bos)
+        prepend_bos = sae_prepend_bos(lm, sae)
     ids = lm.to_tokens(text, prepend_bos=prepend_bos)
     if ids.dim() == 1:
         ids = ids[None]

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..progress import progress
-from .compat import Site, check_feature, check_finite, check_fits, tokens_for
+from .compat import Site, check_feature, check_finite, check_fits, sae_prepend_bos, tokens_for
 from .labels import load_labels
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def read_features(lm, sae, texts, top_k: int = 5, prepend_bos: bool | None = Non
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
         raise InputError(f"top_k must be an integer between 1 and {MAX_TOP_K}, got {top_k!r}")
     labels = load_labels(sae) if labels is None else labels
-    pb = bool(sae.cfg.metadata.prepend_bos) if prepend_bos is None else prepend_bos
+    pb = sae_prepend_bos(lm, sae) if prepend_bos is None else prepend_bos
     hook = Site.of(sae).hook
     results = []
     for text, ids, f in _encode_texts(lm, sae, _as_list(texts), prepend_bos):

@@ -475,7 +475,7 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     checkpoints, renamed when complete); ``resume`` continues a partial build with the same config.
     Returns the FeatureStats (also written to ``out`` when given).
     """
-    from ..interp.compat import check_fits
+    from ..interp.compat import check_fits, sae_prepend_bos
     from . import store as store_mod
 
     check_fits(lm, sae)
@@ -507,7 +507,7 @@ def compute_feature_stats(lm, sae, source, config: StatsConfig = StatsConfig(), 
     bar = progress(total=n_contexts * config.context_size, initial=done_before * config.context_size,
                    desc="feature stats", unit="tok", unit_scale=True)
     try:
-        contexts = contexts_from(lm, source, config.context_size, prepend_bos=bool(sae.cfg.metadata.prepend_bos),
+        contexts = contexts_from(lm, source, config.context_size, prepend_bos=sae_prepend_bos(lm, sae),
                                  seed=config.seed)
         for batch in _batches(contexts, config.batch_size, n_contexts, done_before):
             with torch.no_grad():

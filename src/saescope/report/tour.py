@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..interp import feature_trace, generate_steered, read_features
+from ..interp.compat import sae_prepend_bos
 from ..interp.labels import load_labels
 from ..interp.read import ReadResult
 from ..interp.steer import Intervention, SteerResult, steer
@@ -67,7 +68,7 @@ def count_word(text: str, word: str) -> int:
 
 @torch.no_grad()
 def _next_tokens(lm, sae, text: str, interventions=(), k: int = 5) -> list[NextToken]:
-    ids = lm.to_tokens(text, prepend_bos=sae.cfg.metadata.prepend_bos)
+    ids = lm.to_tokens(text, prepend_bos=sae_prepend_bos(lm, sae))
     if interventions:
         with steer(lm, sae, list(interventions)):
             logits = lm(ids)
@@ -83,7 +84,7 @@ def sample_pairs(lm, sae, prompt: str, interventions, n: int, max_new_tokens: in
                  seed: int = 0) -> list[tuple[str, str]]:
     """n (baseline, steered) continuations of ``prompt``: one batched generation each, from the same seed, so
     row i of both batches draws the same random numbers."""
-    ids = lm.to_tokens([prompt] * n, prepend_bos=sae.cfg.metadata.prepend_bos)
+    ids = lm.to_tokens([prompt] * n, prepend_bos=sae_prepend_bos(lm, sae))
     kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed,
               prepend_bos=False)
     base = lm.generate(ids, **kw)[:, ids.shape[1]:]
