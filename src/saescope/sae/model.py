@@ -133,9 +133,14 @@ class SAE(nn.Module):
                 f"hook={c.metadata.hook_name}, model={c.metadata.model_name})")
 
     # ---- encode / decode ----------------------------------------------------------------------------
+    @property
+    def _half(self) -> bool:
+        return self.dtype in (torch.float16, torch.bfloat16)
+
     def _prepare(self, x: Tensor) -> tuple[Tensor, TransformState]:
-        """Raw activation -> encoder input: ``[..., d_in]`` (or ``[..., n_heads, d_head]``) -> ``[..., d_in]``."""
-        x = x.to(self.dtype)
+        """Raw activation -> encoder input: ``[..., d_in]`` (or ``[..., n_heads, d_head]``) -> ``[..., d_in]``.
+        A half-precision SAE prepares its input in float32 (transform, ``- b_dec``), see ``_activate``."""
+        x = x.to(torch.float32 if self._half else self.dtype)
         shape = None
         if x.shape[-1] != self.d_in:
             if x.ndim >= 2 and x.shape[-2] * x.shape[-1] == self.d_in:  # hook_z: concatenate the heads
@@ -146,21 +151,23 @@ class SAE(nn.Module):
                                  f"(hook {self.cfg.metadata.hook_name}); use the SAE's hook and model")
         x, state = transforms.apply(self.cfg.input_transform, x, self.cfg.input_scale)
         if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
+            x = x - self.b_dec.to(x.dtype)
         return x, state._replace(shape=shape)
 
     def _activate(self, x: Tensor) -> Tensor:
-        """Encoder input to features: ``[..., d_in] -> [..., d_sae]``. A half-precision SAE computes the
-        pre-activations it selects on (TopK, JumpReLU/BatchTopK thresholds, gates) in float32, so the selected
-        latents are those of a float32 SAE with the same weights; features are returned in the SAE's dtype."""
+        """Encoder input to features: ``[..., d_in] -> [..., d_sae]``. A half-precision SAE computes its input
+        and the pre-activations it selects on (TopK, JumpReLU/BatchTopK thresholds, gates) in float32, so the
+        selected latents are those of a float32 SAE with the same weights; features are returned in its dtype."""
         arch = self.cfg.architecture
+        half = self._half
         if arch == "relu":
+            if half:
+                return kernels.linear_fp32(x, self.W_enc, self.b_enc).relu_().to(self.dtype)
             return kernels.linear(x, self.W_enc, self.b_enc).relu_()  # in place: addmm's backward does not need it
-        half = self.dtype in (torch.float16, torch.bfloat16)
         if arch == "gated":
             proj = kernels.linear_fp32(x, self.W_enc, None) if half else kernels.linear(x, self.W_enc, None)
             gate = (proj + self.b_gate.to(proj.dtype)) > 0
-            mag = torch.relu(proj * self.r_mag.exp().to(proj.dtype) + self.b_mag.to(proj.dtype))
+            mag = torch.relu(proj * self.r_mag.to(proj.dtype).exp() + self.b_mag.to(proj.dtype))
             return (gate.to(proj.dtype) * mag).to(self.dtype)
         pre = kernels.linear_fp32(x, self.W_enc, self.b_enc) if half else kernels.linear(x, self.W_enc, self.b_enc)
         if arch == "topk":
@@ -185,7 +192,7 @@ class SAE(nn.Module):
         if self.cfg.architecture != "topk":
             raise ConfigError(f"encode_sparse needs a topk SAE, this one is {self.cfg.architecture}")
         x, state = self._prepare(x)
-        if self.dtype in (torch.float16, torch.bfloat16):  # select on float32 pre-activations (see _activate)
+        if self._half:  # select on float32 pre-activations (see _activate)
             values, indices = kernels.topk_relu(kernels.linear_fp32(x, self.W_enc, self.b_enc), self.cfg.k)
             return SparseCode(values.to(self.dtype), indices, state)
         return SparseCode(*kernels.topk_relu(kernels.linear(x, self.W_enc, self.b_enc), self.cfg.k), state)
@@ -193,6 +200,8 @@ class SAE(nn.Module):
     def _finish(self, x_hat: Tensor, state: TransformState | None) -> Tensor:
         if self.cfg.is_transcoder:  # output space: no input transform to undo (transcoders take 'none')
             return x_hat
+        if state is not None and self._half:  # a float32 state (see _prepare): keep the output in the SAE dtype
+            state = transforms.to_device(state, x_hat)
         if state is None:
             state = transforms.fixed_state(self.cfg.input_transform, self.cfg.input_scale)
             if state is None:
@@ -221,7 +230,7 @@ class SAE(nn.Module):
         if not self.cfg.skip:
             return None
         x, _ = self._prepare(x)
-        return kernels.linear(x, self.W_skip.T, None)
+        return kernels.linear(x.to(self.dtype), self.W_skip.T, None)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction ``decode(encode(x), state of x)`` (+ the skip path of a skip transcoder):
