@@ -44,8 +44,8 @@ def _known(signature: str) -> int | None:
 def _check_loaded(sae) -> str | None:
     """A corruption that still loads must give a usable SAE: consistent shapes, finite weights."""
     try:
-        d_in, d_sae = sae.d_in, sae.d_sae
-        if tuple(sae.W_enc.shape) != (d_in, d_sae) or tuple(sae.W_dec.shape) != (d_sae, d_in):
+        d_in, d_sae, d_out = sae.d_in, sae.d_sae, sae.d_out
+        if tuple(sae.W_enc.shape) != (d_in, d_sae) or tuple(sae.W_dec.shape) != (d_sae, d_out):
             return f"inconsistent shapes W_enc {tuple(sae.W_enc.shape)} W_dec {tuple(sae.W_dec.shape)}"
         for name, p in sae.named_parameters():
             if not torch.isfinite(p).all():
