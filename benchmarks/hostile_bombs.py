@@ -4,7 +4,7 @@
 
 For every bomb in ``tests/fuzz_util.py`` (``BOMBS``) a child process imports saescope from ``--src`` (default:
 this checkout's ``src``), records its RSS after the imports, calls ``SAE.load`` on the file, and reports the
-outcome, the wall time of the load and its peak RSS (``ru_maxrss``). Run it with ``--src`` pointing at an
+outcome, the wall time of the load and its peak RSS (``VmHWM``). Run it with ``--src`` pointing at an
 older checkout to compare. Target: each refused in under 2 s and under 300 MB peak RSS.
 """
 from __future__ import annotations
@@ -20,10 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch, saescope.sae
 from saescope.sae import SAE
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def hwm():  # VmHWM: this process's own peak (ru_maxrss would include the parent's, inherited across fork+exec)
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+base = hwm()
 path = sys.argv[1]
 t = time.perf_counter()
 try:
@@ -37,7 +40,7 @@ except Exception as exc:
     outcome = f"{type(exc).__name__}: {str(exc).splitlines()[0][:110] if str(exc) else ''}"
 dt = time.perf_counter() - t
 print(json.dumps({"outcome": outcome, "seconds": dt, "base_mb": base,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_mb": hwm()}))
 """
 
 

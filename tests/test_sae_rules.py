@@ -148,3 +148,61 @@ def test_load_directly_in_bfloat16(tmp_path):
     half = SAE.load(tmp_path / "s", dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16 and half.cfg.dtype == "bfloat16"
     torch.testing.assert_close(half.W_enc.float(), sae.W_enc.bfloat16().float())
+
+
+# ---- 11. streamed loading equals whole-file loading, whatever the layout ----------------------------------
+def _layouts(tmp_path, sae):
+    """The same SAE as a native folder, a Gemma-Scope-like npz (C and Fortran order, deflated), an OpenAI .pt
+    (transposed views, deflated) and a sparsify folder (W_enc stored transposed)."""
+    import io
+    import zipfile
+
+    w = {k: v.detach() for k, v in sae.state_dict().items()}
+    sae.save(tmp_path / "native")
+    np.savez(tmp_path / "c.npz", **{k: v.numpy() for k, v in w.items()})
+    np.savez_compressed(tmp_path / "f.npz", **{k: np.asfortranarray(v.numpy()) for k, v in w.items()})
+    torch.save({"pre_bias": w["b_dec"], "encoder.weight": w["W_enc"].T, "latent_bias": w["b_enc"],
+                "decoder.weight": w["W_dec"].T, "activation": "ReLU"}, tmp_path / "oa.pt")  # views, not copies
+    buf = io.BytesIO((tmp_path / "oa.pt").read_bytes())
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(tmp_path / "oa_deflated.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    return [tmp_path / "native", tmp_path / "c.npz", tmp_path / "f.npz", tmp_path / "oa.pt", tmp_path / "oa_deflated.pt"]
+
+
+@pytest.mark.parametrize("block_bytes", [7, 100, 2**26])
+def test_streamed_load_equals_whole_load(tmp_path, monkeypatch, block_bytes):
+    from saescope.sae.formats import tensorio
+
+    monkeypatch.setattr(tensorio, "BLOCK_BYTES", block_bytes)
+    relu = _random(SAEConfig("relu", 12, 40, apply_b_dec_to_input=True), seed=4)
+    jump = _random(SAEConfig("jumprelu", 12, 40), seed=5)
+    native, _, _, pt_views, pt_deflated = _layouts(tmp_path / "r", relu)
+    for path in (native, pt_views, pt_deflated):
+        for dtype in (None, torch.bfloat16, torch.float64):
+            got = SAE.load(path, dtype=dtype)
+            for name, p in relu.named_parameters():
+                torch.testing.assert_close(getattr(got, name), p.to(got.dtype), rtol=0, atol=0, msg=f"{path} {name}")
+    for path in _layouts(tmp_path / "j", jump)[1:3]:  # npz in C and Fortran order (Gemma Scope is jumprelu)
+        for dtype in (None, torch.bfloat16):
+            got = SAE.load(path, dtype=dtype)
+            for name, p in jump.named_parameters():
+                torch.testing.assert_close(getattr(got, name), p.to(got.dtype), rtol=0, atol=0, msg=f"{path} {name}")
+
+
+def test_streamed_load_refuses_nan_and_overflow_in_any_block(tmp_path, monkeypatch):
+    from saescope.sae.formats import tensorio
+
+    monkeypatch.setattr(tensorio, "BLOCK_BYTES", 64)
+    sae = _random(SAEConfig("relu", 12, 40))
+    with torch.no_grad():
+        sae.W_dec[37, 11] = float("nan")
+    sae.save(tmp_path / "nan")
+    with pytest.raises(CheckpointError, match="W_dec.*NaN"):
+        SAE.load(tmp_path / "nan")
+    sae = _random(SAEConfig("relu", 12, 40)).double()
+    with torch.no_grad():
+        sae.W_enc[11, 39] = 1e300
+    sae.save(tmp_path / "big")
+    with pytest.raises(CheckpointError, match="W_enc.*overflows float32"):
+        SAE.load(tmp_path / "big", dtype=torch.float32)

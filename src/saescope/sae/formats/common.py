@@ -17,7 +17,7 @@ import torch
 
 from ..._checks import MAX_DIM, checked_float, checked_int
 from ...errors import CheckpointError
-from .tensorio import LazyTensor, is_tensor, materialize, npz_index, safetensors_index
+from .tensorio import LazyTensor, all_finite, finite_copy, is_tensor, materialize, npz_index, safetensors_index
 from .tensorio import safetensors_header as _st_header
 from .torchfile import load_pt as pt_index
 
@@ -150,12 +150,6 @@ def check_state(cfg, state: dict, source: str) -> None:
                                   f"expected float16, bfloat16, float32 or float64")
 
 
-def all_finite(t: torch.Tensor, chunk: int = 2**22) -> bool:
-    """``torch.isfinite(t).all()`` in chunks, so a 1 GB tensor does not need a 250 MB mask."""
-    flat = t.reshape(-1) if t.is_contiguous() else t.contiguous().reshape(-1)
-    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
-
-
 # ---- atomic writes ----------------------------------------------------------------------------------
 def _umask() -> int:
     mask = os.umask(0)
@@ -226,13 +220,11 @@ def assemble(cls, cfg, state: dict, device=None, dtype=None, source: str = "stat
         check_alloc(need, f"{source}: this SAE ({cfg.d_in}x{cfg.d_sae})", error=CheckpointError)
     sae = cls(cfg, device="meta")
     for name in param_shapes(cfg):
-        value = materialize(state[name]).detach()
-        if not all_finite(value):
-            raise CheckpointError(f"{source}: tensor {name!r} contains NaN or inf values")
-        converted = value.to(device=device, dtype=target).contiguous()
-        if converted.dtype != value.dtype and not all_finite(converted):
-            raise CheckpointError(f"{source}: tensor {name!r} overflows {dtype_name(target)}; load it in float32")
-        del value
+        value, what = state[name], f"{source}: tensor {name!r}"
+        if isinstance(value, LazyTensor):  # streamed into its final dtype and place, a block of rows at a time
+            converted = value.load_as(target, device, what)
+        else:
+            converted = finite_copy(value, target, device, what)
         setattr(sae, name, nn.Parameter(converted))
     if dtype_name(target) != cfg.dtype:
         sae.cfg = cfg.replace(dtype=dtype_name(target))

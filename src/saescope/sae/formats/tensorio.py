@@ -14,6 +14,7 @@ number in the file, and the decompressor stops at it (a member that inflates pas
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -38,19 +39,27 @@ ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "
              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
-class LazyTensor:
-    """A tensor whose shape and dtype are known (from a checked header) and whose data is read on ``load()``.
+BLOCK_BYTES = 64 * 2**20      # rows read at a time when streaming a tensor into its final buffer
 
-    ``.T`` and ``map`` compose cheap post-processing (a transpose, a per-row scale) that runs after reading.
+
+class LazyTensor:
+    """A tensor whose shape and dtype are known (from a checked header) and whose data is read on demand.
+
+    ``load()`` reads it whole (in the file's dtype). ``load_as(dtype, device)`` streams it: blocks of rows are
+    read, checked finite and copied (converted) into the final buffer, so loading in bfloat16 never holds a
+    float32 copy, and a transposed layout (``.T``, e.g. ``encoder.weight [d_sae, d_in]`` as ``W_enc``) is
+    written straight into place. ``map`` adds arbitrary post-processing (then ``load_as`` reads whole).
     """
 
     def __init__(self, shape, dtype: torch.dtype, read: Callable[[], torch.Tensor], source: str,
-                 post: tuple = ()):
+                 post: tuple = (), blocks=None, transposed: bool = False):
         self.shape = torch.Size(shape)
         self.dtype = dtype
         self._read = read
         self.source = source
         self._post = post
+        self._blocks = blocks          # blocks(rows_per_block) -> iterator of (first_row, rows) of the stored layout
+        self._transposed = transposed  # the stored layout is the transpose of ``shape`` (2-D)
 
     @property
     def ndim(self) -> int:
@@ -68,22 +77,74 @@ class LazyTensor:
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor], shape=None) -> "LazyTensor":
         return LazyTensor(self.shape if shape is None else shape, self.dtype, self._read, self.source,
-                          self._post + (fn,))
+                          self._post + (fn,), None, self._transposed)
 
     @property
     def T(self) -> "LazyTensor":
         if self.ndim != 2:
             raise CheckpointError(f"{self.source}: expected a 2-D tensor, got shape {list(self.shape)}")
-        return self.map(lambda t: t.T, shape=(self.shape[1], self.shape[0]))
+        if self._post:
+            return self.map(lambda t: t.T, shape=(self.shape[1], self.shape[0]))
+        return LazyTensor((self.shape[1], self.shape[0]), self.dtype, self._read, self.source, (), self._blocks,
+                          not self._transposed)
 
     def load(self) -> torch.Tensor:
         t = self._read()
+        if self._transposed:
+            t = t.T
         for fn in self._post:
             t = fn(t)
         return t
 
+    def load_as(self, dtype: torch.dtype, device, what: str) -> torch.Tensor:
+        """The tensor in ``dtype`` on ``device``, contiguous, checked finite (CheckpointError naming ``what``)."""
+        if self._blocks is None or self._post or self.ndim == 0:
+            return finite_copy(self.load(), dtype, device, what)
+        dest = torch.empty(self.shape, dtype=dtype, device=device)
+        view = dest.T if self._transposed else dest
+        row = max(1, math.prod(view.shape[1:]) * self.dtype.itemsize)
+        for first, rows in self._blocks(max(1, BLOCK_BYTES // row)):
+            if not all_finite(rows):
+                raise CheckpointError(f"{what} contains NaN or inf values")
+            part = view[first:first + rows.shape[0]]
+            part.copy_(rows)
+            if dtype != rows.dtype and not all_finite(part):
+                raise CheckpointError(f"{what} overflows {str(dtype).replace('torch.', '')}; load it in float32")
+        return dest
+
     def __repr__(self) -> str:
         return f"LazyTensor({list(self.shape)}, {self.dtype}, {self.source})"
+
+
+def all_finite(t: torch.Tensor, chunk: int = 2**22) -> bool:
+    """``torch.isfinite(t).all()`` in chunks, so a 1 GB tensor does not need a 250 MB mask."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
+def finite_copy(t: torch.Tensor, dtype: torch.dtype, device, what: str) -> torch.Tensor:
+    """``t`` checked finite, converted to ``dtype`` on ``device`` (contiguous), checked again for overflow."""
+    t = t.detach()
+    if not all_finite(t):
+        raise CheckpointError(f"{what} contains NaN or inf values")
+    out = t.to(device=device, dtype=dtype).contiguous()
+    if out.dtype != t.dtype and not all_finite(out):
+        raise CheckpointError(f"{what} overflows {str(dtype).replace('torch.', '')}; load it in float32")
+    return out
+
+
+def row_blocks(open_at: Callable, stored_shape, dtype: torch.dtype, what: str):
+    """``blocks(per)`` for a C-ordered array of ``stored_shape`` whose bytes ``open_at()`` yields from a stream
+    positioned at its first element (a context manager)."""
+    rows, rest = (stored_shape[0], tuple(stored_shape[1:])) if stored_shape else (1, ())
+
+    def blocks(per: int):
+        with open_at() as f:
+            for first in range(0, rows, per):
+                n = min(per, rows - first)
+                yield first, _readinto(f, torch.empty((n, *rest), dtype=dtype), what)
+
+    return blocks
 
 
 def is_tensor(x) -> bool:
@@ -105,8 +166,8 @@ def _readinto(f, t: torch.Tensor, what: str) -> torch.Tensor:
         return t
     view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
     done = 0
-    while done < len(view):
-        n = f.readinto(view[done:])
+    while done < len(view):  # at most 16 MiB a call: a zip stream's readinto buffers what it is asked for
+        n = f.readinto(view[done:done + 2**24])
         if not n:
             raise CheckpointError(f"{what}: truncated (ends after {done} of {len(view)} bytes)")
         done += n
@@ -184,8 +245,22 @@ def safetensors_index(path: Path) -> dict[str, LazyTensor]:
             except OSError as exc:
                 raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
-        out[name] = LazyTensor(tuple(int(d) for d in shape), dtype, read, f"{path}: tensor {name!r}")
+        out[name] = LazyTensor(tuple(int(d) for d in shape), dtype, read, f"{path}: tensor {name!r}",
+                               blocks=row_blocks(_file_at(path, begin), shape, dtype, f"{path}: tensor {name!r}"))
     return out
+
+
+def _file_at(path: Path, offset: int):
+    @contextlib.contextmanager
+    def open_at():
+        _little_endian(str(path))
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                yield f
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return open_at
 
 
 # ---- zip archives (npz, and the zip .pt format) -----------------------------------------------------
@@ -238,14 +313,36 @@ def npz_index(path: Path) -> dict[str, LazyTensor]:
                                           f"which does not match its {info.file_size} bytes: the file is corrupt")
                 name = info.filename[: -len(".npy")]
                 tdtype = torch.from_numpy(np.zeros(0, dtype=dtype.newbyteorder("="))).dtype
-                out[name] = LazyTensor(shape, tdtype, _npz_reader(path, info.filename, shape, fortran, dtype),
-                                       f"{path}: array {name!r}")
+                what = f"{path}: array {name!r}"
+                native = dtype.byteorder in ("=", "|") or (dtype.byteorder == "<") == (sys.byteorder == "little")
+                stored = tuple(reversed(shape)) if fortran else shape
+                blocks = row_blocks(_member_at(path, info.filename), stored, tdtype, what) if native else None
+                out[name] = LazyTensor(stored, tdtype, _npz_reader(path, info.filename, shape, fortran, dtype), what,
+                                       blocks=blocks)
+                if fortran:  # stored transposed: present it in its logical shape
+                    out[name] = out[name].T if len(shape) == 2 else out[name].map(
+                        lambda t: t.permute(*reversed(range(t.ndim))), shape=shape)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: corrupt or truncated .npz archive ({msg[:200]})") from None
     return out
+
+
+def _member_at(path: Path, member: str):
+    @contextlib.contextmanager
+    def open_at():
+        try:
+            with zipfile.ZipFile(path) as zf, zf.open(member) as f:
+                _npy_header(f, path, member)
+                yield f
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path}: array {member!r} is corrupt ({msg[:200]})") from None
+    return open_at
 
 
 def _npz_reader(path: Path, member: str, shape, fortran: bool, dtype):
@@ -270,6 +367,6 @@ def _npz_reader(path: Path, member: str, shape, fortran: bool, dtype):
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"{what}: corrupt data ({msg[:200]})") from None
-        return t.permute(*reversed(range(t.ndim))) if fortran else t
+        return t  # in the stored layout; the LazyTensor presents a Fortran-ordered array transposed
 
     return read

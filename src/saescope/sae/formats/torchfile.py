@@ -12,6 +12,7 @@ their sizes are bounded by the file itself.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import pickle
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ...errors import CheckpointError
-from .tensorio import LazyTensor, _little_endian, _readinto, check_zip_sizes
+from .tensorio import LazyTensor, _little_endian, _readinto, check_zip_sizes, row_blocks
 
 MAX_PICKLE = 16 * 2**20      # a state dict's pickle is a few KB; refuse absurd ones before reading them
 MAX_DEPTH = 32
@@ -232,7 +233,33 @@ def _lazy(ref: _TensorRef, path: Path, prefix: str) -> LazyTensor:
         flat = raw[: raw.numel() // itemsize * itemsize].view(ref.dtype)
         return flat.as_strided(ref.size, ref.stride, ref.offset)
 
-    return LazyTensor(ref.size, ref.dtype, read, f"{path}: storage {ref.storage.key!r}")
+    what = f"{path}: storage {ref.storage.key!r}"
+    c_strides = tuple(math.prod(ref.size[i + 1:]) for i in range(len(ref.size)))
+    if ref.stride == c_strides or math.prod(ref.size) <= 1:  # C-ordered: stream rows from the member
+        return LazyTensor(ref.size, ref.dtype, read, what, blocks=row_blocks(_member_at(path, member, ref.offset * itemsize),
+                                                                            ref.size, ref.dtype, what))
+    if len(ref.size) == 2 and ref.stride == (1, ref.size[0]):  # a saved transpose: stream its stored rows
+        stored = (ref.size[1], ref.size[0])
+        lazy = LazyTensor(stored, ref.dtype, lambda: read().T, what,
+                          blocks=row_blocks(_member_at(path, member, ref.offset * itemsize), stored, ref.dtype, what))
+        return lazy.T
+    return LazyTensor(ref.size, ref.dtype, read, what)
+
+
+def _member_at(path: Path, member: str, skip: int):
+    @contextlib.contextmanager
+    def open_at():
+        _little_endian(str(path))
+        try:
+            with zipfile.ZipFile(path) as zf, zf.open(member) as f:
+                if skip:
+                    f.seek(skip)
+                yield f
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: storage member {member!r} is corrupt ({str(exc)[:100]})") from None
+    return open_at
 
 
 def _load_legacy(path: Path) -> dict:
