@@ -17,7 +17,7 @@ import torch
 
 from ..._checks import MAX_DIM, checked_float, checked_int
 from ...errors import CheckpointError
-from .tensorio import LazyTensor, all_finite, finite_copy, is_tensor, materialize, npz_index, safetensors_index
+from .tensorio import LazyTensor, finite_copy, is_tensor, materialize, npz_index, safetensors_index
 from .tensorio import safetensors_header as _st_header
 from .torchfile import load_pt as pt_index
 

