@@ -206,3 +206,17 @@ def test_streamed_load_refuses_nan_and_overflow_in_any_block(tmp_path, monkeypat
     sae.save(tmp_path / "big")
     with pytest.raises(CheckpointError, match="W_enc.*overflows float32"):
         SAE.load(tmp_path / "big", dtype=torch.float32)
+
+
+def test_linear_fp32_blocks_equal_one_block():
+    from saescope.sae import kernels
+
+    g = torch.Generator().manual_seed(0)
+    x, W, b = (torch.randn(7, 33, generator=g).bfloat16(), torch.randn(33, 100, generator=g).bfloat16(),
+               torch.randn(100, generator=g).bfloat16())
+    ref = x.float() @ W.float() + b.float()
+    for block in (1, 4 * 33 * 3, 2**26):
+        out = kernels.linear_fp32(x, W, b, block_bytes=block)
+        assert out.dtype == torch.float32 and out.shape == (7, 100)
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kernels.linear_fp32(x, W, None, block_bytes=100), x.float() @ W.float(), rtol=1e-6, atol=1e-6)
