@@ -4,7 +4,11 @@ For each format: write a valid file from the published layout (tests/fuzz_util.p
 apply CASES_PER_FORMAT seeded corruptions (truncation, bit flips, random bytes, deleted/empty files,
 safetensors headers claiming huge shapes or lying offsets, wrong dtypes and shapes, NaN weights, JSON with
 wrong types / missing keys / huge sizes, torch state dicts with wrong objects, npz members claiming huge
-shapes). Each load must either raise a one-line SaescopeError, or succeed with a consistent, finite SAE.
+shapes; non-finite and overflowing numbers in JSON configs, safetensors headers and pickles (inf, NaN,
+1e308, 2**70, 5000-digit integers, 1e999); npz and zip .pt compression bombs and zip headers lying about
+sizes; .pt pickles declaring storages larger than their data or views past them). Formats include SAELens
+transcoders and Matryoshka training checkpoints, sparsify skip transcoders, dictionary_learning TopK and
+Matryoshka, and attn_z. Each load must either raise a one-line SaescopeError, or succeed with a consistent, finite SAE.
 No other exception, no case over the time limit, and the process's peak RSS may not grow by more than
 RSS_BUDGET_MB over all cases (a reader that trusts a header claiming [2**40, 2**20] would blow it or die).
 """

@@ -71,6 +71,13 @@ def test_topk_read_as_batchtopk_would_be_wrong(tmp_path):
     assert l0_topk == 6 and l0_btk > 2 * l0_topk
 
 
+def test_architecture_is_for_local_paths():
+    from saescope.errors import InputError
+
+    with pytest.raises(InputError, match="local checkpoint path"):
+        SAE.from_spec("gpt2-small-res-jb:blocks.6.hook_resid_pre", architecture="relu")
+
+
 def test_architecture_must_agree_with_the_file():
     with pytest.raises(CheckpointError, match="says architecture 'topk'.*'relu'"):
         SAE.load(DL / "AutoEncoderTopK", architecture="relu")
