@@ -43,8 +43,8 @@ def activations(lm, hook: str, text: str, tokens: int, context_size: int = 128, 
 
 @torch.no_grad()
 def held_out_metrics(sae, x: torch.Tensor) -> dict:
-    f = sae.encode(x)
-    x_hat = sae.decode(f)
+    f, state = sae.encode_with_state(x)
+    x_hat = sae.decode(f, state)
     ev = 1 - float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
     fired = (f > 0).any(0)
     return {"explained_variance": ev, "l0": float((f > 0).sum(-1).float().mean()),

@@ -165,8 +165,97 @@ def write_gemmascope(root: Path, seed: int = 0) -> Path:
     return d / "params.npz"
 
 
+def write_saelens_skip_transcoder(root: Path, seed: int = 0) -> Path:
+    """SAELens v6 skip transcoder (as SAELens 6.54 saves one): W_dec [d_sae, d_out], W_skip [d_out, d_in]."""
+    d = root / "saelens_skip_transcoder"
+    d.mkdir(parents=True)
+    w = _weights(seed)
+    d_out = D_IN - 2
+    w["W_dec"], w["b_dec"] = w["W_dec"][:, :d_out].contiguous(), w["b_dec"][:d_out].contiguous()
+    w["W_skip"] = torch.randn(d_out, D_IN, generator=torch.Generator().manual_seed(seed + 1)) * 0.1
+    _json(d / "cfg.json", {
+        "architecture": "skip_transcoder", "d_in": D_IN, "d_sae": D_SAE, "d_out": d_out, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
+        "metadata": {"sae_lens_version": "6.54.12", "model_name": "gpt2", "hook_name": "blocks.1.ln2.hook_normalized",
+                     "hook_name_out": "blocks.1.hook_mlp_out"},
+    })
+    save_file(w, str(d / "sae_weights.safetensors"))
+    return d
+
+
+def write_saelens_matryoshka_training(root: Path, seed: int = 0) -> Path:
+    """A SAELens Matryoshka BatchTopK *training* checkpoint: scalar float64 topk_threshold, widths in cfg."""
+    d = root / "saelens_matryoshka"
+    d.mkdir(parents=True)
+    w = _weights(seed)
+    w["topk_threshold"] = torch.tensor(0.1, dtype=torch.float64)
+    _json(d / "cfg.json", {
+        "architecture": "matryoshka_batchtopk", "d_in": D_IN, "d_sae": D_SAE, "k": 4, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "rescale_acts_by_decoder_norm": True, "matryoshka_widths": [8, 16, D_SAE],
+        "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"},
+    })
+    save_file(w, str(d / "sae_weights.safetensors"))
+    return d
+
+
+def write_sparsify_skip_transcoder(root: Path, seed: int = 0) -> Path:
+    d = root / "sparsify_tc" / "layers.1.mlp"
+    d.mkdir(parents=True)
+    w = _weights(seed)
+    _json(d / "cfg.json", {"activation": "topk", "expansion_factor": 4, "normalize_decoder": True, "num_latents": D_SAE,
+                           "k": 4, "multi_topk": False, "skip_connection": True, "transcode": True, "d_in": D_IN})
+    save_file({"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],
+               "b_dec": w["b_dec"], "W_skip": torch.eye(D_IN) * 0.5}, str(d / "sae.safetensors"))
+    return d
+
+
+def _dl_config(d: Path, cls: str, **trainer) -> None:
+    _json(d / "config.json", {"trainer": {"dict_class": cls, "activation_dim": D_IN, "dict_size": D_SAE, "layer": 1,
+                                          "lm_name": "EleutherAI/pythia-70m-deduped",
+                                          "submodule_name": "resid_post_layer_1", **trainer},
+                              "buffer": {"d_submodule": D_IN, "io": "out", "ctx_len": 128}})
+
+
+def write_dictionary_learning_topk(root: Path, seed: int = 0) -> Path:
+    """AutoEncoderTopK (k and threshold buffers) with its config.json."""
+    d = root / "dl_topk" / "trainer_0"
+    d.mkdir(parents=True)
+    w = _weights(seed)
+    torch.save({"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"],
+                "decoder.weight": w["W_dec"].T.contiguous(), "b_dec": w["b_dec"], "k": torch.tensor(4, dtype=torch.int),
+                "threshold": torch.tensor(0.2)}, d / "ae.pt")
+    _dl_config(d, "AutoEncoderTopK", k=4)
+    return d
+
+
+def write_dictionary_learning_matryoshka(root: Path, seed: int = 0) -> Path:
+    d = root / "dl_matryoshka" / "trainer_0"
+    d.mkdir(parents=True)
+    w = _weights(seed)
+    torch.save({**w, "k": torch.tensor(4, dtype=torch.int), "threshold": torch.tensor(0.2),
+                "group_sizes": torch.tensor([8, 8, D_SAE - 16])}, d / "ae.pt")
+    _dl_config(d, "MatryoshkaBatchTopKSAE", k=4)
+    return d
+
+
+def write_attn_z(root: Path, seed: int = 0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(_weights(seed), root / "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds24576.pt")
+    _json(root / "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds24576_cfg.json",
+          {"act_size": D_IN, "dict_size": D_SAE, "act_name": "blocks.5.attn.hook_z", "model_name": "gpt2-small",
+           "seed": 49, "l1_coeff": 1.0})
+    return root / "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds24576.pt"
+
+
 FORMATS = {
     "saelens_v6": write_saelens_v6,
+    "saelens_skip_transcoder": write_saelens_skip_transcoder,
+    "saelens_matryoshka_training": write_saelens_matryoshka_training,
+    "sparsify_skip_transcoder": write_sparsify_skip_transcoder,
+    "dictionary_learning_topk": write_dictionary_learning_topk,
+    "dictionary_learning_matryoshka": write_dictionary_learning_matryoshka,
+    "attn_z": write_attn_z,
     "saelens_v6_topk": write_saelens_v6_topk,
     "saelens_legacy": write_saelens_legacy,
     "openai_pt": write_openai_pt,
@@ -349,7 +438,7 @@ def mutate_torch_pickle(path: Path, rng: random.Random) -> str:
     elif kind == 1:
         sd[name] = sd[name].to(rng.choice([torch.int8, torch.float64, torch.complex64, torch.bool]))
     elif kind == 2:
-        sd[name] = torch.zeros(*(s + 1 for s in sd[name].shape))
+        sd[name] = torch.zeros(tuple(s + 1 for s in sd[name].shape) or (3,))
     elif kind == 3:
         del sd[name]
     elif kind == 4:
@@ -397,10 +486,11 @@ def mutate_npz(path: Path, rng: random.Random) -> str:
 def corrupt(target: Path, rng: random.Random) -> str:
     """Apply one seeded corruption to one file of a valid SAE (file or directory). Returns a description."""
     path = rng.choice(files_of(target))
-    structured = {".safetensors": mutate_safetensors_header, ".json": mutate_json,
-                  ".pt": mutate_torch_pickle, ".npz": mutate_npz}.get(path.suffix)
-    if structured is not None and rng.random() < 0.55:
-        return structured(path, rng)
+    structured = {".safetensors": [mutate_safetensors_header, hostile_number_safetensors],
+                  ".json": [mutate_json, hostile_number_json],
+                  ".pt": [mutate_torch_pickle, mutate_torch_zip], ".npz": [mutate_npz, mutate_npz_bomb]}.get(path.suffix)
+    if structured is not None and rng.random() < 0.7:
+        return rng.choice(structured)(path, rng)
     return rng.choice(BYTE_MUTATORS)(path, rng)
 
 
@@ -495,3 +585,259 @@ def killable_context():
                                   "saescope.cli.sae_cmds", "saescope.cli.demo"])
         _CTX = ctx
     return _CTX
+
+
+# --- hostile numbers, compression bombs, size claims (shared with benchmarks/hostile_bombs.py) -------------------
+
+# Values a JSON or pickle field may carry that no SAE size or scale can take; "HUGE_INT" becomes a 5000-digit
+# integer literal in JSON text (beyond Python's int-parsing limit), "1e999" a float literal that parses to inf.
+HOSTILE_NUMBERS = [float("inf"), float("-inf"), float("nan"), 1e308, 2 ** 70, -(2 ** 63), 10 ** 30, 1e-320,
+                   4.5, "HUGE_INT", "1e999"]
+NUMERIC_KEYS = ("d_in", "d_sae", "k", "d_out", "num_latents", "expansion_factor", "dict_size", "activation_dim",
+                "act_size", "context_size", "hook_head_index", "input_scale", "layer", "matryoshka_widths")
+
+
+def dump_json_hostile(obj) -> str:
+    """JSON text allowing NaN/Infinity, with the HUGE_INT / 1e999 placeholders written as raw literals."""
+    text = json.dumps(obj, allow_nan=True)
+    return text.replace('"HUGE_INT"', "9" * 5000).replace('"1e999"', "1e999")
+
+
+def hostile_number_json(path: Path, rng: random.Random) -> str:
+    """Put a hostile number into a numeric field of a JSON config (nested ones included)."""
+    obj = json.loads(path.read_text())
+    slots = []
+
+    def walk(d):
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if k in NUMERIC_KEYS or isinstance(v, (int, float)) and not isinstance(v, bool):
+                    slots.append((d, k))
+                walk(v)
+
+    walk(obj)
+    if not slots:
+        return mutate_json(path, rng)
+    d, key = rng.choice(slots)
+    value = rng.choice(HOSTILE_NUMBERS)
+    d[key] = [value, value] if key == "matryoshka_widths" else value
+    path.write_text(dump_json_hostile(obj))
+    return f"{key}={value!r}"
+
+
+def hostile_number_safetensors(path: Path, rng: random.Random) -> str:
+    """A safetensors header whose shape or offsets hold a hostile number."""
+    header, body = read_safetensors(path)
+    name = rng.choice([k for k in header if k != "__metadata__"])
+    value = rng.choice(HOSTILE_NUMBERS)
+    field_ = rng.choice(["shape", "data_offsets"])
+    header[name][field_] = [value] + list(header[name][field_])[1:]
+    write_safetensors_raw(path, dump_json_hostile(header).encode(), body)
+    return f"safetensors {name}.{field_}[0]={value!r}"
+
+
+def _npy_bytes(shape, fill_bytes: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue() + fill_bytes
+
+
+def npz_compression_bomb(path: Path, claim_bytes: int = 2 ** 30, d_in: int = 2304) -> Path:
+    """A *valid* params.npz whose W_enc is ``claim_bytes`` of float32 zeros, deflated (~1000x smaller): numpy
+    would inflate all of it (then torch copies it) before any check on the values."""
+    d_sae = claim_bytes // (4 * d_in)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("W_enc.npy", "w", force_zip64=True) as f:
+            f.write(_npy_bytes((d_in, d_sae)))
+            chunk = bytes(2 ** 24)
+            left = 4 * d_in * d_sae
+            while left > 0:
+                f.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+        for name, arr in _weights(0).items():  # the other members small and honest
+            if name != "W_enc":
+                member = io.BytesIO()
+                np.save(member, arr.numpy())
+                zf.writestr(name + ".npy", member.getvalue())
+        member = io.BytesIO()
+        np.save(member, np.full(D_SAE, 0.05, np.float32))
+        zf.writestr("threshold.npy", member.getvalue())
+    return path
+
+
+def npz_size_lie(path: Path, claim_bytes: int = 2 ** 30) -> Path:
+    """A params.npz whose zip entry *declares* ``claim_bytes`` uncompressed (header shape to match) while its
+    deflated data holds a few bytes: the zip header is as untrusted as the rest."""
+    d_in = 8
+    shape = (d_in, (claim_bytes - 128) // (4 * d_in))
+    import zlib
+    payload = _npy_bytes(shape, b"\x00" * 64)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = comp.compress(payload) + comp.flush()
+    info = zipfile.ZipInfo("W_enc.npy")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, payload)
+    raw = bytearray(path.read_bytes())  # rewrite the declared sizes (local header and central directory)
+    declared = len(payload)
+    for marker in (b"PK\x03\x04", b"PK\x01\x02"):
+        i = raw.index(marker)
+        off = 22 if marker == b"PK\x03\x04" else 24
+        assert struct.unpack("<I", raw[i + off:i + off + 4])[0] == declared
+        raw[i + off:i + off + 4] = struct.pack("<I", min(claim_bytes, 2 ** 32 - 2))
+    path.write_bytes(bytes(raw))
+    del data
+    return path
+
+
+class _Storage:
+    """Pickled as a torch storage reference ('storage', torch.FloatStorage, key, 'cpu', numel)."""
+
+    def __init__(self, key: str, numel: int):
+        self.key, self.numel = key, numel
+
+
+class _Tensor:
+    def __init__(self, storage: _Storage, size, stride, offset: int = 0):
+        self.args = (storage, offset, tuple(size), tuple(stride), False, __import__("collections").OrderedDict())
+
+    def __reduce__(self):
+        import torch._utils
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+def write_torch_zip(path: Path, obj, storages: dict[str, bytes], compress: bool = False,
+                    declared: dict[str, int] | None = None) -> Path:
+    """A zip .pt in torch.save's layout, with a hand-made pickle: lets a file claim sizes it does not hold."""
+    import pickle
+
+    class P(pickle.Pickler):
+        def persistent_id(self, o):
+            if isinstance(o, _Storage):
+                return ("storage", torch.FloatStorage, o.key, "cpu", o.numel)
+            return None
+
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump(obj)
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", mode) as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        zf.writestr("archive/byteorder", b"little")
+        zf.writestr("archive/version", b"3\n")
+        for key, data in storages.items():
+            if isinstance(data, int):  # that many zero bytes, streamed
+                with zf.open(f"archive/data/{key}", "w", force_zip64=True) as f:
+                    chunk = bytes(2 ** 24)
+                    left = data
+                    while left > 0:
+                        f.write(chunk[: min(left, len(chunk))])
+                        left -= len(chunk)
+            else:
+                zf.writestr(f"archive/data/{key}", data)
+    return path
+
+
+def pt_compression_bomb(path: Path, claim_bytes: int = 2 ** 30, d_in: int = 2304) -> Path:
+    """A *valid* dictionary_learning-style ae.pt whose encoder weight storage is ``claim_bytes`` of deflated
+    zeros: ``torch.load`` inflates it all."""
+    d_sae = claim_bytes // (4 * d_in)
+    s = _Storage("0", d_sae * d_in)
+    obj = {"encoder.weight": _Tensor(s, (d_sae, d_in), (d_in, 1))}
+    return write_torch_zip(path, obj, {"0": 4 * d_sae * d_in}, compress=True)
+
+
+def pt_storage_claim(path: Path, claim_numel: int = 2 ** 28) -> Path:
+    """A zip .pt whose pickle declares a 1 GiB storage backed by 16 bytes."""
+    s = _Storage("0", claim_numel)
+    return write_torch_zip(path, {"encoder.weight": _Tensor(s, (claim_numel // 8, 8), (8, 1))}, {"0": bytes(16)})
+
+
+def pt_tensor_past_storage(path: Path) -> Path:
+    """A zip .pt whose tensor view reaches far past its (honest, 16-byte) storage."""
+    s = _Storage("0", 4)
+    return write_torch_zip(path, {"encoder.weight": _Tensor(s, (2 ** 20, 2 ** 10), (2 ** 10, 1))}, {"0": bytes(16)})
+
+
+def pt_legacy_claim(path: Path, claim_numel: int = 2 ** 28) -> Path:
+    """A pre-zip torch.save file whose storage numel (in the pickle and the data section) claims 1 GiB."""
+    n = 1000003
+    buf = io.BytesIO()
+    torch.save({"encoder.weight": torch.zeros(n)}, buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    i = data.index(b"J" + struct.pack("<i", n))
+    data = data[:i] + b"J" + struct.pack("<i", claim_numel) + data[i + 5:]
+    j = data.rindex(struct.pack("<q", n))
+    path.write_bytes(data[:j] + struct.pack("<q", claim_numel) + data[j + 8:j + 8 + 64])
+    return path
+
+
+def safetensors_shape_claim(path: Path) -> Path:
+    """sae_weights.safetensors (with cfg.json beside it) whose header claims W_enc [2**40, 2**20]."""
+    d = write_saelens_v6(path)
+    header, body = read_safetensors(d / "sae_weights.safetensors")
+    header["W_enc"]["shape"] = [2 ** 40, 2 ** 20]
+    header["W_enc"]["data_offsets"] = [0, 4 * 2 ** 60]
+    write_safetensors_raw(d / "sae_weights.safetensors", header, body)
+    return d
+
+
+def cfg_width_claim(path: Path, d_sae: int = 2 ** 24) -> Path:
+    """cfg.json claiming d_sae = 2**24 (the largest accepted) beside tiny weights, with a scalar topk_threshold
+    that a reader would broadcast to [d_sae] (a BatchTopK training checkpoint)."""
+    d = write_saelens_v6(path)
+    cfg = json.loads((d / "cfg.json").read_text())
+    cfg.update(architecture="batchtopk", d_sae=d_sae, k=4)
+    (d / "cfg.json").write_text(json.dumps(cfg))
+    w = _weights(0)
+    w["topk_threshold"] = torch.tensor(0.1, dtype=torch.float64)
+    save_file(w, str(d / "sae_weights.safetensors"))
+    return d
+
+
+BOMBS = {  # name -> (builder(dir) -> path to SAE.load, what it claims)
+    "npz_deflate_1GiB": (lambda d: npz_compression_bomb(d / "params.npz"), "valid npz, 1 GiB of deflated zeros"),
+    "npz_zip_size_lie": (lambda d: npz_size_lie(d / "params.npz"), "npz entry declaring 1 GiB, holding 64 B"),
+    "pt_deflate_1GiB": (lambda d: pt_compression_bomb(d / "ae.pt"), "valid zip .pt, 1 GiB deflated storage"),
+    "pt_storage_claim": (lambda d: pt_storage_claim(d / "ae.pt"), "pickle declaring a 1 GiB storage of 16 B"),
+    "pt_view_past_storage": (lambda d: pt_tensor_past_storage(d / "ae.pt"), "tensor view 4 GiB past its storage"),
+    "pt_legacy_claim": (lambda d: pt_legacy_claim(d / "ae.pt"), "pre-zip .pt declaring a 1 GiB storage"),
+    "safetensors_shape": (safetensors_shape_claim, "header shape [2**40, 2**20]"),
+    "cfg_width_vs_weights": (cfg_width_claim, "cfg d_sae=2**24 + scalar threshold to broadcast"),
+}
+
+
+def mutate_npz_bomb(path: Path, rng: random.Random) -> str:
+    """An npz whose member is a (small) compression bomb, or whose zip header lies about its size."""
+    if rng.random() < 0.5:
+        npz_compression_bomb(path, claim_bytes=rng.choice([2 ** 24, 2 ** 26]), d_in=D_IN)
+        return "npz deflate bomb"
+    npz_size_lie(path, claim_bytes=rng.choice([2 ** 20, 2 ** 30, 2 ** 32 - 2]))
+    return "npz zip header size lie"
+
+
+def mutate_torch_zip(path: Path, rng: random.Random) -> str:
+    """Zip-level attacks on a .pt: a storage claim, a view past its storage, a deflate bomb, hostile numbers in
+    the pickle (k), or an honest recompression (must still load)."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        pt_storage_claim(path, claim_numel=rng.choice([2 ** 20, 2 ** 28, 2 ** 40]))
+        return "pt storage claim"
+    if kind == 1:
+        pt_tensor_past_storage(path)
+        return "pt view past storage"
+    if kind == 2:
+        pt_compression_bomb(path, claim_bytes=2 ** 24, d_in=D_IN)
+        return "pt deflate bomb"
+    sd = torch.load(path, weights_only=True)
+    if kind == 3:
+        key = rng.choice([k for k in ("k", "activation_state_dict") if k in sd] or ["k"])
+        value = rng.choice([float("inf"), float("nan"), 2 ** 70, -3, 1e308])
+        sd[key] = {"k": value} if key == "activation_state_dict" else value
+        torch.save(sd, path)
+        return f"pt {key} = {value!r}"
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    return "pt recompressed with deflate (valid)"

@@ -4,7 +4,11 @@ For each format: write a valid file from the published layout (tests/fuzz_util.p
 apply CASES_PER_FORMAT seeded corruptions (truncation, bit flips, random bytes, deleted/empty files,
 safetensors headers claiming huge shapes or lying offsets, wrong dtypes and shapes, NaN weights, JSON with
 wrong types / missing keys / huge sizes, torch state dicts with wrong objects, npz members claiming huge
-shapes). Each load must either raise a one-line SaescopeError, or succeed with a consistent, finite SAE.
+shapes; non-finite and overflowing numbers in JSON configs, safetensors headers and pickles (inf, NaN,
+1e308, 2**70, 5000-digit integers, 1e999); npz and zip .pt compression bombs and zip headers lying about
+sizes; .pt pickles declaring storages larger than their data or views past them). Formats include SAELens
+transcoders and Matryoshka training checkpoints, sparsify skip transcoders, dictionary_learning TopK and
+Matryoshka, and attn_z. Each load must either raise a one-line SaescopeError, or succeed with a consistent, finite SAE.
 No other exception, no case over the time limit, and the process's peak RSS may not grow by more than
 RSS_BUDGET_MB over all cases (a reader that trusts a header claiming [2**40, 2**20] would blow it or die).
 """
@@ -44,8 +48,8 @@ def _known(signature: str) -> int | None:
 def _check_loaded(sae) -> str | None:
     """A corruption that still loads must give a usable SAE: consistent shapes, finite weights."""
     try:
-        d_in, d_sae = sae.d_in, sae.d_sae
-        if tuple(sae.W_enc.shape) != (d_in, d_sae) or tuple(sae.W_dec.shape) != (d_sae, d_in):
+        d_in, d_sae, d_out = sae.d_in, sae.d_sae, sae.d_out
+        if tuple(sae.W_enc.shape) != (d_in, d_sae) or tuple(sae.W_dec.shape) != (d_sae, d_out):
             return f"inconsistent shapes W_enc {tuple(sae.W_enc.shape)} W_dec {tuple(sae.W_dec.shape)}"
         for name, p in sae.named_parameters():
             if not torch.isfinite(p).all():

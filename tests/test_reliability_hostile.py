@@ -191,3 +191,135 @@ def test_remote_code_model_dir_never_runs(tmp_path, gpt2_dir, model_type):
     except SaescopeError as exc:
         assert "\n" not in str(exc)
     assert not sentinel.exists()
+
+
+# --- the hostile-input table: non-finite and overflowing numbers, compression bombs, size claims ---------------
+import time  # noqa: E402
+
+import fuzz_util as fu  # noqa: E402
+
+
+def _edit_json(path: Path, edit) -> None:
+    obj = json.loads(path.read_text())
+    edit(obj)
+    path.write_text(fu.dump_json_hostile(obj))
+
+
+def _cfg_case(writer, edit):
+    def build(tmp):
+        target = writer(tmp)
+        cfg = next(p for p in (fu.files_of(target) if target.is_dir() else [target, *target.parent.glob("*_cfg.json")])
+                   if p.suffix == ".json")
+        _edit_json(cfg, edit)
+        return target
+    return build
+
+
+def _set(*path_and_value):
+    *keys, value = path_and_value
+
+    def edit(obj):
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
+def _pt_case(writer, edit):
+    def build(tmp):
+        target = writer(tmp)
+        pt = target if target.suffix == ".pt" else next(target.glob("*.pt"))
+        sd = torch.load(pt, weights_only=True)
+        edit(sd)
+        torch.save(sd, pt)
+        return target
+    return build
+
+
+def _st_case(writer, name, field_, value):
+    def build(tmp):
+        target = writer(tmp)
+        st = next(p for p in fu.files_of(target) if p.suffix == ".safetensors")
+        header, body = fu.read_safetensors(st)
+        header[name][field_] = [value] + list(header[name][field_])[1:]
+        fu.write_safetensors_raw(st, fu.dump_json_hostile(header).encode(), body)
+        return target
+    return build
+
+
+INF, NAN = float("inf"), float("nan")
+HOSTILE_TABLE = [
+    # (id, builder(tmp) -> path for SAE.load, load kwargs, regex the one-line error must match)
+    *[(f"saelens_d_sae={v!r}"[:40], _cfg_case(fu.write_saelens_v6, _set("d_sae", v)), {}, r"d_sae|not valid JSON")
+      for v in (INF, -INF, NAN, 1e308, 2 ** 70, "HUGE_INT", "1e999", 4.5, -3)],
+    ("saelens_k=inf", _cfg_case(fu.write_saelens_v6_topk, _set("k", INF)), {}, r"cfg.json: k"),
+    ("saelens_k>d_sae", _cfg_case(fu.write_saelens_v6_topk, _set("k", 10 ** 9)), {}, r"cfg.json: k"),
+    ("saelens_legacy_expansion=1e308", _cfg_case(fu.write_saelens_legacy, lambda o: (o.pop("d_sae"), o.update(expansion_factor=1e308))), {}, r"expansion_factor"),
+    ("saelens_context_size=inf", _cfg_case(fu.write_saelens_v6, _set("metadata", "context_size", INF)), {}, r"context_size"),
+    ("saelens_d_out=nan", _cfg_case(fu.write_saelens_skip_transcoder, _set("d_out", NAN)), {}, r"d_out"),
+    ("saelens_widths=[inf]", _cfg_case(fu.write_saelens_matryoshka_training, _set("matryoshka_widths", [INF])), {}, r"matryoshka_widths"),
+    ("saescope_input_scale=1e300", lambda tmp: _native_with(tmp, input_scale=1e300), {}, r"input_scale"),
+    ("saescope_input_scale=nan", lambda tmp: _native_with(tmp, input_scale=NAN), {}, r"input_scale"),
+    ("saescope_d_in=1e999", lambda tmp: _native_with(tmp, d_in="1e999"), {}, r"d_in"),
+    ("safetensors_shape=[inf]", _st_case(fu.write_saelens_v6, "W_enc", "shape", INF), {}, r"shape|not valid JSON"),
+    ("safetensors_shape=[1e999]", _st_case(fu.write_saelens_v6, "W_dec", "shape", "1e999"), {}, r"shape|not valid JSON"),
+    ("safetensors_shape=[HUGE_INT]", _st_case(fu.write_saelens_v6, "W_dec", "shape", "HUGE_INT"), {}, r"not valid JSON"),
+    ("safetensors_offsets=[nan]", _st_case(fu.write_saelens_v6, "b_enc", "data_offsets", NAN), {}, r"data_offsets"),
+    ("safetensors_shape=[-1]", _st_case(fu.write_saelens_v6, "b_enc", "shape", -1), {}, r"shape"),
+    ("sparsify_num_latents=inf", _cfg_case(fu.write_sparsify, _set("num_latents", INF)), {}, r"num_latents"),
+    ("sparsify_k=nan", _cfg_case(fu.write_sparsify, _set("k", NAN)), {}, r"cfg.json: k"),
+    ("sparsify_d_in=1e308", _cfg_case(fu.write_sparsify, _set("d_in", 1e308)), {}, r"d_in"),
+    ("sparsify_expansion=HUGE", _cfg_case(fu.write_sparsify, lambda o: o.update(num_latents=0, expansion_factor="HUGE_INT")), {}, r"not valid JSON"),
+    ("dl_trainer_k=inf_no_state_k", lambda tmp: _dl_k(tmp, INF), {}, r": k"),
+    ("dl_state_k=2**40", _pt_case(fu.write_dictionary_learning_topk, lambda sd: sd.update(k=torch.tensor(2 ** 40))), {}, r": k"),
+    ("dl_group_sizes_sum", _pt_case(fu.write_dictionary_learning_matryoshka, lambda sd: sd.update(group_sizes=torch.tensor([8, 2 ** 40]))), {}, r"group_sizes"),
+    ("dl_trainer_k=nan_no_state_k", lambda tmp: _dl_k(tmp, NAN), {}, r": k"),
+    ("openai_k=inf", _pt_case(fu.write_openai_pt, lambda sd: sd.update(activation_state_dict={"k": INF})), {}, r"activation_state_dict: k"),
+    ("openai_k=2**70", _pt_case(fu.write_openai_pt, lambda sd: sd.update(activation_state_dict={"k": 2 ** 70})), {}, r"activation_state_dict: k"),
+    ("attn_z_act_size=inf", _cfg_case(fu.write_attn_z, _set("act_size", INF)), {}, r"act_size"),
+    ("attn_z_dict_size=1e308", _cfg_case(fu.write_attn_z, _set("dict_size", 1e308)), {}, r"dict_size"),
+    # bombs and size claims (smaller than benchmarks/hostile_bombs.py's 1 GiB, same ratios)
+    ("npz_deflate_bomb", lambda tmp: fu.npz_compression_bomb(tmp / "params.npz", 2 ** 27), {}, r"compression bomb"),
+    ("npz_zip_size_lie", lambda tmp: fu.npz_size_lie(tmp / "params.npz"), {}, r"compression bomb"),
+    ("pt_deflate_bomb", lambda tmp: fu.pt_compression_bomb(tmp / "ae.pt", 2 ** 27), {"architecture": "relu"}, r"compression bomb"),
+    ("pt_storage_claim", lambda tmp: fu.pt_storage_claim(tmp / "ae.pt"), {"architecture": "relu"}, r"storage '0' declares"),
+    ("pt_view_past_storage", lambda tmp: fu.pt_tensor_past_storage(tmp / "ae.pt"), {"architecture": "relu"}, r"past its storage"),
+    ("pt_legacy_claim", lambda tmp: fu.pt_legacy_claim(tmp / "ae.pt"), {"architecture": "relu"}, r"corrupt or truncated"),
+    ("safetensors_shape_claim", fu.safetensors_shape_claim, {}, r"lies outside the file"),
+    ("cfg_width_vs_weights", fu.cfg_width_claim, {}, r"expected \[8, 16777216\] from the config"),
+]
+
+
+def _native_with(tmp, **fields):
+    sae = sae_mod.SAE(sae_mod.SAEConfig("relu", d_in=8, d_sae=16))
+    sae.save(tmp / "n")
+    _edit_json(tmp / "n" / "cfg.json", lambda o: o["saescope"].update(fields))
+    return tmp / "n"
+
+
+def _dl_k(tmp, value):
+    d = fu.write_dictionary_learning_topk(tmp)
+    sd = torch.load(d / "ae.pt", weights_only=True)
+    del sd["k"]
+    torch.save(sd, d / "ae.pt")
+    _edit_json(d / "config.json", _set("trainer", "k", value))
+    return d
+
+
+@pytest.mark.parametrize("name,build,kwargs,expect", HOSTILE_TABLE, ids=[row[0] for row in HOSTILE_TABLE])
+def test_hostile_table(tmp_path, name, build, kwargs, expect):
+    """Each hostile file is refused with one line naming the problem, in under 2 s, without a memory spike."""
+    target = build(tmp_path)
+    rss0 = fu.max_rss_mb()
+    t0 = time.perf_counter()
+    with fu.address_space_limit(2048), fu.time_limit(10), pytest.raises(SaescopeError) as info:
+        sae_mod.SAE.load(target, **kwargs)
+    elapsed = time.perf_counter() - t0
+    msg = str(info.value)
+    assert "\n" not in msg and re.search(expect, msg), msg
+    assert elapsed < 2.0, f"{elapsed:.2f} s"
+    assert fu.max_rss_mb() - rss0 < 100
+
+
+def test_hostile_table_size():
+    assert len(HOSTILE_TABLE) >= 40

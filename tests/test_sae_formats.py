@@ -98,11 +98,12 @@ def test_sparsify_folder(tmp_path):
         assert torch.allclose(sae.encode(x), dense, atol=1e-5)
 
 
-def test_sparsify_skip_connection_refused(tmp_path):
+def test_sparsify_groupmax_refused(tmp_path):
+    """Skip connections and transcoders are read (tests/test_sae_peers.py); the groupmax activation is not."""
     save_file({"encoder.weight": rnd(D_SAE, D_IN), "encoder.bias": rnd(D_SAE), "W_dec": rnd(D_SAE, D_IN),
-               "b_dec": rnd(D_IN), "W_skip": rnd(D_IN, D_IN)}, tmp_path / "sae.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({"num_latents": D_SAE, "k": K, "d_in": D_IN, "skip_connection": True}))
-    with pytest.raises(CheckpointError, match="skip"):
+               "b_dec": rnd(D_IN)}, tmp_path / "sae.safetensors")
+    (tmp_path / "cfg.json").write_text(json.dumps({"num_latents": D_SAE, "k": K, "d_in": D_IN, "activation": "groupmax"}))
+    with pytest.raises(CheckpointError, match="activation.*groupmax"):
         SAE.load(tmp_path)
 
 
@@ -128,9 +129,10 @@ def test_gemma_scope_npz(tmp_path):
 def _dl_save(folder, cls, state, **trainer):
     folder.mkdir(parents=True)
     torch.save(state, folder / "ae.pt")
+    trainer = {"submodule_name": "resid_post_layer_2", **trainer}
     (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": cls, "activation_dim": D_IN, "dict_size": D_SAE,
                                                                 "layer": 2, "lm_name": "EleutherAI/pythia-70m-deduped", **trainer},
-                                                    "buffer": {"ctx_len": 128}}))
+                                                    "buffer": {"ctx_len": 128, "io": "out"}}))
 
 
 def test_dictionary_learning_classes(tmp_path):

@@ -15,8 +15,17 @@ def add_model_args(p: argparse.ArgumentParser, sae: bool = True) -> None:
     p.add_argument("--model", default=None, help="HF model id, local directory, or 'tiny' (default: the bundled tiny model)")
     if sae:
         p.add_argument("--sae", default=None, help="local SAE path or RELEASE:SAE_ID (default: tiny:resid2-topk)")
+    add_architecture_arg(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+
+
+def add_architecture_arg(p: argparse.ArgumentParser) -> None:
+    from ..sae.config import ARCHITECTURES
+
+    p.add_argument("--architecture", default=None, choices=ARCHITECTURES,
+                   help="the SAE architecture, for a local checkpoint that does not record it (e.g. a "
+                        "dictionary_learning ae.pt without config.json)")
 
 
 def load_model(args) -> Any:
@@ -36,7 +45,7 @@ def load_sae(args, lm=None) -> Any:
             raise InputError(f"--sae is required with --model {args.model} (e.g. gpt2-small-res-jb:blocks.6.hook_resid_pre)")
         spec = f"{TINY_MODEL_NAME}:{TINY_DEFAULT_SAE}"
     device = lm.device if lm is not None else args.device
-    return SAE.from_spec(spec, device=device)
+    return SAE.from_spec(spec, device=device, architecture=getattr(args, "architecture", None))
 
 
 MAX_SEED = 2**32 - 1          # every --seed (numpy and torch generators both take it)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError
-from .common import print_json
+from .common import add_architecture_arg, print_json
 
 
 def register(sub) -> None:
@@ -34,6 +34,7 @@ def register(sub) -> None:
                    help="read SRC (a local path) as this format or release family (e.g. qwen_scope, goodfire, "
                         "deepseek_r1, plt_transcoder, clt_layer; see docs/formats.md) instead of detecting it")
     p.add_argument("--json", action="store_true", help="print the written config as JSON")
+    add_architecture_arg(p)
     p.set_defaults(handler=cmd_convert)
 
 
@@ -97,9 +98,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         if not Path(args.src).expanduser().exists():
             raise InputError(f"{args.src}: --format needs a local path (a RELEASE:SAE_ID knows its format)")
-        sae = load_sae(args.src, fmt=args.format)
+        sae = load_sae(args.src, fmt=args.format, architecture=args.architecture)
     else:
-        sae = SAE.from_spec(args.src)
+        sae = SAE.from_spec(args.src, architecture=args.architecture)
     sae.save(dst)
     if args.json:
         print_json(sae.cfg.to_dict())

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._checks import MAX_DIM, checked_float, checked_int
 from ..errors import ConfigError
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -19,12 +20,15 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 @dataclass(frozen=True)
 class SAEMetadata:
-    """How an SAE is meant to be used: which model, which hook, which tokenisation. Plain data."""
+    """How an SAE is meant to be used: which model, which hook, which tokenisation. Plain data.
+
+    ``None`` means unknown: readers set only what the file (or a format's documented default) says; the
+    layer that attaches an SAE to a model decides what to do with an unknown value."""
 
     model_name: str | None = None
     hook_name: str | None = None
     hook_head_index: int | None = None
-    prepend_bos: bool = True
+    prepend_bos: bool | None = None
     context_size: int | None = None
     dataset_path: str | None = None
     neuronpedia_id: str | None = None
@@ -33,6 +37,21 @@ class SAEMetadata:
     release: str | None = None
     sae_id: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("model_name", "hook_name", "hook_name_out", "dataset_path", "neuronpedia_id", "release", "sae_id"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"SAEMetadata.{name}: expected a string or null, got {str(value)[:40]!r}")
+        for name in ("hook_head_index", "hook_head_index_out", "context_size"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, checked_int(value, f"SAEMetadata.{name}", lo=0, hi=MAX_DIM,
+                                                           error=ConfigError))
+        if self.prepend_bos is not None and not isinstance(self.prepend_bos, bool):
+            raise ConfigError(f"SAEMetadata.prepend_bos: expected true, false or null, got {str(self.prepend_bos)[:40]!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"SAEMetadata.extra: expected a JSON object, got {type(self.extra).__name__}")
 
     def __hash__(self) -> int:  # ``extra`` is a dict: hash its JSON form
         fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra")
@@ -50,8 +69,6 @@ class SAEMetadata:
         extra = dict(d.pop("extra", None) or {})
         known = {k: v for k, v in d.items() if k in names}
         extra.update({k: v for k, v in d.items() if k not in names})  # unknown keys are kept, not dropped
-        if known.get("prepend_bos") is None:
-            known.pop("prepend_bos", None)
         return cls(**known, extra=extra)
 
 
@@ -99,16 +116,20 @@ class SAEConfig:
             raise ConfigError(f"SAEConfig.architecture: unknown value {self.architecture!r} (expected one of {', '.join(ARCHITECTURES)})")
         for name in ("d_in", "d_sae"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, int):
                 raise ConfigError(f"SAEConfig.{name}: must be a positive integer, got {value!r}")
-        if self.architecture == "topk":
-            if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
-                raise ConfigError(f"SAEConfig.k: a topk SAE needs 0 < k <= d_sae ({self.d_sae}), got {self.k!r}")
+            checked_int(value, f"SAEConfig.{name}", lo=1, hi=MAX_DIM, error=ConfigError)
+        if self.k is not None:
+            if not isinstance(self.k, int):
+                raise ConfigError(f"SAEConfig.k: must be an integer, got {self.k!r}")
+            checked_int(self.k, "SAEConfig.k", lo=1, hi=self.d_sae, error=ConfigError)
+        if self.architecture == "topk" and self.k is None:
+            raise ConfigError(f"SAEConfig.k: a topk SAE needs 0 < k <= d_sae ({self.d_sae}), got None")
         if self.input_transform not in TRANSFORMS:
             raise ConfigError(f"SAEConfig.input_transform: unknown value {self.input_transform!r} (expected one of {', '.join(TRANSFORMS)})")
-        scale = self.input_scale
-        if not isinstance(scale, (int, float)) or not (scale == scale) or scale in (float("inf"), float("-inf")) or scale == 0:
-            raise ConfigError(f"SAEConfig.input_scale: must be a finite non-zero number, got {scale!r}")
+        scale = checked_float(self.input_scale, "SAEConfig.input_scale", error=ConfigError)
+        if scale == 0 or not 1e-30 < abs(scale) < 1e30:
+            raise ConfigError(f"SAEConfig.input_scale: must be a finite non-zero number within 1e+/-30, got {scale!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"SAEConfig.dtype: unknown value {self.dtype!r} (expected one of {', '.join(DTYPES)})")
         if not isinstance(self.metadata, SAEMetadata):
@@ -121,8 +142,9 @@ class SAEConfig:
             if self.skip:
                 raise ConfigError("SAEConfig.skip: a skip path needs a transcoder (set d_out)")
             return
-        if not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out <= 0:
+        if not isinstance(self.d_out, int):
             raise ConfigError(f"SAEConfig.d_out: must be a positive integer or null, got {self.d_out!r}")
+        checked_int(self.d_out, "SAEConfig.d_out", lo=1, hi=MAX_DIM, error=ConfigError)
         if self.input_transform != "none":
             raise ConfigError(f"SAEConfig.input_transform: a transcoder takes 'none' (fold any scaling into its "
                               f"weights), got {self.input_transform!r}")
@@ -139,7 +161,7 @@ class SAEConfig:
         if isinstance(widths, list):
             widths = tuple(widths)
             object.__setattr__(self, "matryoshka_widths", widths)
-        ok = isinstance(widths, tuple) and widths and all(isinstance(w, int) and not isinstance(w, bool) for w in widths)
+        ok = isinstance(widths, tuple) and 0 < len(widths) <= 64 and all(isinstance(w, int) and not isinstance(w, bool) for w in widths)
         if not ok or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] <= 0 or widths[-1] != self.d_sae:
             raise ConfigError(f"SAEConfig.matryoshka_widths: need strictly increasing positive widths ending at "
                               f"d_sae={self.d_sae}, got {self.matryoshka_widths!r}")

@@ -18,6 +18,34 @@ def linear(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
     return out.reshape(*lead, W.shape[-1])
 
 
+_HALF = (torch.float16, torch.bfloat16)
+_CUDA_OUT_DTYPE = [True]  # torch.mm(..., out_dtype=float32) on CUDA; switched off if this torch lacks it
+
+
+def linear_fp32(x: Tensor, W: Tensor, b: Tensor | None, block_bytes: int = 64 * 2**20) -> Tensor:
+    """``x @ W + b`` accumulated *and returned* in float32 for half-precision ``x``/``W``:
+    ``[..., n] -> [..., m]`` (float32). On CUDA: one fp16/bf16 GEMM with a float32 output; elsewhere ``W`` is
+    upcast a block of columns at a time (at most ``block_bytes`` extra memory, never a float32 copy of W)."""
+    if W.dtype not in _HALF:
+        return linear(x.to(W.dtype), W, b).float()
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    b32 = b.float() if b is not None else None
+    if x2.is_cuda and _CUDA_OUT_DTYPE[0]:
+        try:
+            out = torch.mm(x2.to(W.dtype), W, out_dtype=torch.float32)
+            return (out + b32 if b32 is not None else out).reshape(*lead, W.shape[-1])
+        except (RuntimeError, NotImplementedError, TypeError):
+            _CUDA_OUT_DTYPE[0] = False
+    x32 = x2.float()
+    out = torch.empty(x2.shape[0], W.shape[-1], dtype=torch.float32, device=x.device)
+    step = max(1, block_bytes // (4 * max(1, W.shape[0])))
+    for j in range(0, W.shape[-1], step):
+        block = W[:, j:j + step].float()
+        out[:, j:j + step] = torch.addmm(b32[j:j + step], x32, block) if b32 is not None else x32 @ block
+    return out.reshape(*lead, W.shape[-1])
+
+
 def topk_relu(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k largest pre-activations, ReLU'd: ``[..., d_sae] -> (values [..., k], indices [..., k])``."""
     values, indices = pre.topk(k, dim=-1, sorted=False)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConfigError, InputError
+from ..errors import ConfigError, InputError
 from . import kernels, transforms
 from .config import SAEConfig
 from .transforms import TransformState
@@ -133,9 +133,14 @@ class SAE(nn.Module):
                 f"hook={c.metadata.hook_name}, model={c.metadata.model_name})")
 
     # ---- encode / decode ----------------------------------------------------------------------------
+    @property
+    def _half(self) -> bool:
+        return self.dtype in (torch.float16, torch.bfloat16)
+
     def _prepare(self, x: Tensor) -> tuple[Tensor, TransformState]:
-        """Raw activation -> encoder input: ``[..., d_in]`` (or ``[..., n_heads, d_head]``) -> ``[..., d_in]``."""
-        x = x.to(self.dtype)
+        """Raw activation -> encoder input: ``[..., d_in]`` (or ``[..., n_heads, d_head]``) -> ``[..., d_in]``.
+        A half-precision SAE prepares its input in float32 (transform, ``- b_dec``), see ``_activate``."""
+        x = x.to(torch.float32 if self._half else self.dtype)
         shape = None
         if x.shape[-1] != self.d_in:
             if x.ndim >= 2 and x.shape[-2] * x.shape[-1] == self.d_in:  # hook_z: concatenate the heads
@@ -146,24 +151,32 @@ class SAE(nn.Module):
                                  f"(hook {self.cfg.metadata.hook_name}); use the SAE's hook and model")
         x, state = transforms.apply(self.cfg.input_transform, x, self.cfg.input_scale)
         if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
+            x = x - self.b_dec.to(x.dtype)
         return x, state._replace(shape=shape)
 
     def _activate(self, x: Tensor) -> Tensor:
-        """Encoder input to features: ``[..., d_in] -> [..., d_sae]``."""
+        """Encoder input to features: ``[..., d_in] -> [..., d_sae]``. A half-precision SAE computes its input
+        and the pre-activations it selects on (TopK, JumpReLU/BatchTopK thresholds, gates) in float32, so the
+        selected latents are those of a float32 SAE with the same weights; features are returned in its dtype."""
         arch = self.cfg.architecture
-        if arch == "gated":
-            proj = kernels.linear(x, self.W_enc, None)
-            gate = (proj + self.b_gate) > 0
-            return gate.to(proj.dtype) * torch.relu(proj * self.r_mag.exp() + self.b_mag)
-        pre = kernels.linear(x, self.W_enc, self.b_enc)
+        half = self._half
         if arch == "relu":
-            return pre.relu_()  # in place: addmm's backward does not need its output
+            if half:
+                return kernels.linear_fp32(x, self.W_enc, self.b_enc).relu_().to(self.dtype)
+            return kernels.linear(x, self.W_enc, self.b_enc).relu_()  # in place: addmm's backward does not need it
+        if arch == "gated":
+            proj = kernels.linear_fp32(x, self.W_enc, None) if half else kernels.linear(x, self.W_enc, None)
+            gate = (proj + self.b_gate.to(proj.dtype)) > 0
+            mag = torch.relu(proj * self.r_mag.to(proj.dtype).exp() + self.b_mag.to(proj.dtype))
+            return (gate.to(proj.dtype) * mag).to(self.dtype)
+        pre = kernels.linear_fp32(x, self.W_enc, self.b_enc) if half else kernels.linear(x, self.W_enc, self.b_enc)
         if arch == "topk":
-            return kernels.scatter_dense(*kernels.topk_relu(pre, self.cfg.k), self.d_sae)
+            values, indices = kernels.topk_relu(pre, self.cfg.k)
+            return kernels.scatter_dense(values.to(self.dtype), indices, self.d_sae)
+        threshold = self.threshold.to(pre.dtype)
         if not torch.is_grad_enabled():  # jumprelu, batchtopk: one pass, no extra [.., d_sae] buffers
-            return pre.masked_fill_((pre <= self.threshold) | (pre <= 0), 0.0)
-        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+            return pre.masked_fill_((pre <= threshold) | (pre <= 0), 0.0).to(self.dtype)
+        return (torch.relu(pre) * (pre > threshold).to(pre.dtype)).to(self.dtype)
 
     def encode_with_state(self, x: Tensor) -> tuple[Tensor, TransformState]:
         """``[..., d_in] -> ([..., d_sae], state)``; ``state`` lets ``decode`` undo the input transform."""
@@ -179,22 +192,33 @@ class SAE(nn.Module):
         if self.cfg.architecture != "topk":
             raise ConfigError(f"encode_sparse needs a topk SAE, this one is {self.cfg.architecture}")
         x, state = self._prepare(x)
+        if self._half:  # select on float32 pre-activations (see _activate)
+            values, indices = kernels.topk_relu(kernels.linear_fp32(x, self.W_enc, self.b_enc), self.cfg.k)
+            return SparseCode(values.to(self.dtype), indices, state)
         return SparseCode(*kernels.topk_relu(kernels.linear(x, self.W_enc, self.b_enc), self.cfg.k), state)
 
     def _finish(self, x_hat: Tensor, state: TransformState | None) -> Tensor:
         if self.cfg.is_transcoder:  # output space: no input transform to undo (transcoders take 'none')
             return x_hat
+        if state is not None and self._half:  # a float32 state (see _prepare): keep the output in the SAE dtype
+            state = transforms.to_device(state, x_hat)
         if state is None:
             state = transforms.fixed_state(self.cfg.input_transform, self.cfg.input_scale)
+            if state is None:
+                raise ConfigError(
+                    f"decode(f) without a state cannot undo this SAE's input transform {self.cfg.input_transform!r} "
+                    f"(it depends on the input): use sae(x), or f, state = sae.encode_with_state(x); "
+                    f"sae.decode(f, state)")
         x_hat = transforms.invert(x_hat, state)
         if state is not None and state.shape is not None:
             x_hat = x_hat.unflatten(-1, state.shape)
         return x_hat
 
     def decode(self, f: Tensor, state: TransformState | None = None) -> Tensor:
-        """``[..., d_sae] -> [..., d_in]`` in raw activation space. Without ``state``, an input-dependent
-        transform (center, layer_norm, constant_norm_rescale) cannot be undone: the result is then in the
-        SAE's normalised space; ``none`` and ``scale`` are always undone."""
+        """``[..., d_sae] -> [..., d_in]`` (``[..., d_out]`` for a transcoder) in raw activation space.
+        ``state`` (from ``encode_with_state``) undoes the input transform; without it only the input-independent
+        transforms (``none``, ``scale``) can be undone, and the others (center, layer_norm,
+        constant_norm_rescale) raise ConfigError rather than return the SAE's normalised space."""
         return self._finish(kernels.decode(f.to(self.dtype), self.W_dec, self.b_dec), state)
 
     def decode_sparse(self, code: SparseCode) -> Tensor:
@@ -206,7 +230,7 @@ class SAE(nn.Module):
         if not self.cfg.skip:
             return None
         x, _ = self._prepare(x)
-        return kernels.linear(x, self.W_skip.T, None)
+        return kernels.linear(x.to(self.dtype), self.W_skip.T, None)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction ``decode(encode(x), state of x)`` (+ the skip path of a skip transcoder):
@@ -293,17 +317,28 @@ class SAE(nn.Module):
 
     # ---- files ------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path, device=None, dtype=None) -> "SAE":
-        """Load any supported format (auto-detected; see docs/formats.md)."""
+    def load(cls, path, device=None, dtype=None, format: str | None = None, architecture: str | None = None) -> "SAE":
+        """Load any supported format (auto-detected, or ``format=``; see docs/formats.md). Weights are read one
+        tensor at a time into their final dtype (``dtype=torch.bfloat16`` never holds a float32 copy of the SAE).
+        ``architecture`` supplies what a checkpoint cannot say itself (e.g. a dictionary_learning ``ae.pt``
+        without its ``config.json``); a file that states an architecture must agree with it."""
         from .formats import load_sae
 
-        return load_sae(path, device=device, dtype=dtype)
+        return load_sae(path, device=device, dtype=dtype, fmt=format, architecture=architecture)
 
-    def save(self, path) -> None:
-        """Write the native format (SAELens v6 layout) into directory ``path``, file by file atomically."""
-        from .formats.saelens import save_native
+    def save(self, path, format: str = "saelens") -> None:
+        """Write directory ``path``, file by file atomically: ``"saelens"`` (native, SAELens v6 layout) or
+        ``"sparsify"`` (EleutherAI sparsify layout; TopK SAEs and transcoders only)."""
+        if format == "saelens":
+            from .formats.saelens import save_native
 
-        save_native(self, path)
+            save_native(self, path)
+        elif format == "sparsify":
+            from .formats.sparsify import save_sparsify
+
+            save_sparsify(self, path)
+        else:
+            raise ConfigError(f"SAE.save: unknown format {format!r} (expected saelens or sparsify)")
 
     @classmethod
     def from_pretrained(cls, release: str, sae_id: str, device=None) -> "SAE":
@@ -313,26 +348,23 @@ class SAE(nn.Module):
         return load_pretrained(release, sae_id, device=device)
 
     @classmethod
-    def from_spec(cls, spec: str, device=None) -> "SAE":
-        """A local path, or ``RELEASE:SAE_ID`` (``tiny:<id>`` = the bundled SAEs)."""
+    def from_spec(cls, spec: str, device=None, architecture: str | None = None) -> "SAE":
+        """A local path, or ``RELEASE:SAE_ID`` (``tiny:<id>`` = the bundled SAEs). ``architecture``: see ``load``
+        (local paths only: a registered release states its own)."""
         from .registry import load_spec
 
+        if architecture is not None:
+            if not isinstance(spec, str) or not Path(spec).expanduser().exists():
+                raise InputError(f"architecture={architecture!r} applies to a local checkpoint path; {spec!r} is not one "
+                                 f"(a registered release states its own architecture)")
+            return cls.load(Path(spec).expanduser(), device=device, architecture=architecture)
         return load_spec(spec, device=device)
 
     @classmethod
-    def from_state_dict(cls, cfg: SAEConfig, state: dict[str, Tensor], device=None, dtype=None,
+    def from_state_dict(cls, cfg: SAEConfig, state: dict, device=None, dtype=None,
                         source: str = "state dict") -> "SAE":
-        """Build an SAE from tensors with SAELens names; checks names, shapes and finiteness."""
-        from .formats.common import check_state
+        """Build an SAE from tensors with SAELens names (plain tensors or the ``LazyTensor``s of a reader):
+        checks names, shapes and dtypes first, then reads/converts one tensor at a time, checking finiteness."""
+        from .formats.common import assemble
 
-        check_state(cfg, state, source)
-        sae = cls(cfg, device="meta")
-        dtype = torch_dtype(dtype or cfg.dtype)
-        for name in param_shapes(cfg):
-            value = state[name].detach().to(device=device or "cpu", dtype=dtype).contiguous()
-            if not bool(torch.isfinite(value).all()):  # finite in the file, out of range in the requested dtype
-                raise CheckpointError(f"{source}: tensor {name!r} overflows {dtype_name(dtype)}; load it in float32")
-            setattr(sae, name, nn.Parameter(value))
-        if dtype_name(dtype) != cfg.dtype:
-            sae.cfg = cfg.replace(dtype=dtype_name(dtype))
-        return sae
+        return assemble(cls, cfg, state, device=device, dtype=dtype, source=source)

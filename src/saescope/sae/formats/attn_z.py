@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConfigError
 from ..config import SAEConfig, SAEMetadata
-from .common import load_pt, read_json
+from .common import cfg_int, cfg_str, pt_index, read_json
 
 
 def cfg_path(path: Path) -> Path:
@@ -23,15 +23,16 @@ def detect(path: Path) -> bool:
 
 def read(path: Path) -> tuple[SAEConfig, dict, None]:
     path = Path(path)
-    raw = read_json(cfg_path(path))
-    try:
-        d_in, d_sae = int(raw["act_size"]), int(raw["dict_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{cfg_path(path)}: missing or invalid field {exc}") from None
-    hook = raw.get("act_name")
+    source = cfg_path(path)
+    raw = read_json(source)
+    d_in, d_sae = cfg_int(raw, "act_size", source), cfg_int(raw, "dict_size", source)
+    hook = cfg_str(raw, "act_name", source)
     if isinstance(hook, str) and hook.startswith("blocks.") and hook.endswith(".hook_z") and ".attn." not in hook:
         hook = hook.replace(".hook_z", ".attn.hook_z")
-    meta = SAEMetadata.from_dict({"hook_name": hook, "model_name": raw.get("model_name"),
-                                  "extra": {"source_format": "attn_z"}})
-    cfg = SAEConfig(architecture="relu", d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=True, metadata=meta)
-    return cfg, load_pt(path), None
+    try:
+        meta = SAEMetadata.from_dict({"hook_name": hook, "model_name": cfg_str(raw, "model_name", source),
+                                      "extra": {"source_format": "attn_z"}})
+        cfg = SAEConfig(architecture="relu", d_in=d_in, d_sae=d_sae, apply_b_dec_to_input=True, metadata=meta)
+    except ConfigError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    return cfg, pt_index(path), None

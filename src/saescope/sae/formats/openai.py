@@ -10,16 +10,16 @@ Keys: ``pre_bias [d_in]``, ``encoder.weight [d_sae, d_in]``, ``latent_bias [d_sa
 
 ReLU checkpoints skip the layer norm. In saescope terms: transform ``layer_norm`` (TopK only),
 ``apply_b_dec_to_input``, ``W_enc = encoder.weight.T``, ``W_dec = decoder.weight.T``, ``b_dec = pre_bias``.
+A missing ``activation`` means ReLU and the layer norm goes with TopK: both are the rules of OpenAI's own
+``Autoencoder.from_state_dict``, not guesses.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from ...errors import CheckpointError
+from ...errors import CheckpointError, ConfigError
 from ..config import SAEConfig, SAEMetadata
-from .common import load_pt
+from .common import cfg_dict, cfg_int, is_tensor, pt_index
 
 KEYS = ("pre_bias", "encoder.weight", "latent_bias", "decoder.weight")
 
@@ -30,25 +30,28 @@ def is_openai_state(state: dict) -> bool:
 
 def read(path: Path, state: dict | None = None) -> tuple[SAEConfig, dict, None]:
     path = Path(path)
-    state = load_pt(path) if state is None else state
+    state = pt_index(path) if state is None else state
     if not is_openai_state(state):
         raise CheckpointError(f"{path}: not an OpenAI sparse_autoencoder state dict (needs {', '.join(KEYS)})")
     for key in KEYS:
-        if not isinstance(state[key], torch.Tensor):
+        if not is_tensor(state[key]):
             raise CheckpointError(f"{path}: {key!r} is not a tensor")
-    d_sae, d_in = state["encoder.weight"].shape
+    if state["encoder.weight"].ndim != 2 or state["decoder.weight"].ndim != 2:
+        raise CheckpointError(f"{path}: encoder.weight and decoder.weight must be 2-D")
+    d_sae, d_in = (int(d) for d in state["encoder.weight"].shape)
     activation = state.get("activation", "ReLU")
     if activation == "TopK":
-        k = (state.get("activation_state_dict") or {}).get("k")
-        if not isinstance(k, int):
-            raise CheckpointError(f"{path}: TopK checkpoint without an integer activation_state_dict['k']")
+        k = cfg_int(cfg_dict(state, "activation_state_dict", path), "k", f"{path}: activation_state_dict", hi=d_sae)
         arch, transform = "topk", "layer_norm"
     elif activation == "ReLU":
         k, arch, transform = None, "relu", "none"
     else:
-        raise CheckpointError(f"{path}: unsupported activation {activation!r} (saescope reads TopK and ReLU)")
-    cfg = SAEConfig(architecture=arch, d_in=int(d_in), d_sae=int(d_sae), k=k, apply_b_dec_to_input=True,
-                    input_transform=transform, metadata=SAEMetadata(extra={"source_format": "openai"}))
+        raise CheckpointError(f"{path}: unsupported activation {str(activation)[:40]!r} (saescope reads TopK and ReLU)")
+    try:
+        cfg = SAEConfig(architecture=arch, d_in=d_in, d_sae=d_sae, k=k, apply_b_dec_to_input=True,
+                        input_transform=transform, metadata=SAEMetadata(extra={"source_format": "openai"}))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     out = {"W_enc": state["encoder.weight"].T, "b_enc": state["latent_bias"],
            "W_dec": state["decoder.weight"].T, "b_dec": state["pre_bias"]}
     return cfg, out, None
