@@ -49,6 +49,8 @@ def test_embedding_rescale_is_applied(cache):
     emb = SAE.from_pretrained("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6")
     from saescope.sae.formats import gemma_scope
 
+    from saescope.sae.formats.common import materialize
+
     cfg, raw, _ = gemma_scope.read(emb.path)
-    assert torch.allclose(emb.W_enc * math.sqrt(D), raw["W_enc"], rtol=1e-6)
+    assert torch.allclose(emb.W_enc * math.sqrt(D), materialize(raw["W_enc"]), rtol=1e-6)
     assert emb.cfg.metadata.extra["embedding_scale_folded"] == pytest.approx(math.sqrt(D))

@@ -73,9 +73,9 @@ def test_dla_terms_sum_to_the_logit_on_every_family(family, kind):
     lm = family(kind)
     L = lm.info.n_layers
     hooks = [f"blocks.{L - 1}.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_mlp_out"]
-    logits = lm(lm.to_tokens(TEXT, prepend_bos=True))[0]
     for i, hook in enumerate(hooks):
         sae = _random_sae(lm, hook, seed=i)
+        logits = lm(attach(lm, sae).tokens(TEXT))[0]
         for target in (None, " the"):
             res = direct_logit_attribution(lm, sae, TEXT, target)
             assert res.value == pytest.approx(float(logits[-1, res.target_id]), abs=1e-5)

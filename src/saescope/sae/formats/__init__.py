@@ -71,6 +71,9 @@ def _detect_file(path: Path) -> str:
         if found:
             raise CheckpointError(f"{path}: cfg.json is shared by the saelens and sparsify files beside it; pass "
                                   f"{saelens.WEIGHTS} or {sparsify.WEIGHTS} instead")
+    for fmt in ("gemma_scope_2", "llama_scope", "qwen_scope"):  # release families recognisable by their layout
+        if families.module(fmt).detect(path):
+            return fmt
     if attn_z.detect(path):
         return "attn_z"
     if path.suffix == ".npz":

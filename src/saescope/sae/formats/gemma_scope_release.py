@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from . import gemma_scope
+from .common import materialize
 
 
 def files(path: str) -> list[tuple[str, bool]]:
@@ -24,7 +25,7 @@ def read(local: Path, info: dict):
     cfg, state, _ = gemma_scope.read(local)
     if "embedding" in str(info.get("path") or local).split("/"):
         root_d = math.sqrt(cfg.d_in)
-        state = dict(state, W_enc=state["W_enc"] / root_d, W_dec=state["W_dec"] * root_d)
+        state = dict(state, W_enc=materialize(state["W_enc"]) / root_d, W_dec=materialize(state["W_dec"]) * root_d)
         cfg = cfg.replace(metadata={"hook_name": "hook_embed",
                                     "extra": {**cfg.metadata.extra, "embedding_scale_folded": root_d}})
     return cfg, state, None

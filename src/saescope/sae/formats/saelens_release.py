@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import saelens
-from .common import read_json
+from .common import materialize, read_json
 from .families import fold_norm_scale
 
 
@@ -30,6 +30,6 @@ def read(local: Path, info: dict):
     cfg, state, sparsity = saelens.read(folder)
     s = info.get("norm_scaling_factor")
     if s is not None and expects_norm_scaling(read_json(folder / saelens.CFG)):
-        state = fold_norm_scale({k: v.float() for k, v in state.items()}, s, folder / saelens.WEIGHTS)
+        state = fold_norm_scale({k: materialize(v).float() for k, v in state.items()}, s, folder / saelens.WEIGHTS)
         cfg = cfg.replace(dtype="float32", metadata={"extra": {**cfg.metadata.extra, "norm_scaling_factor_folded": s}})
     return cfg, state, sparsity
