@@ -169,8 +169,10 @@ def test_dependency_chatter_is_silenced_locally(small_gpt2, tmp_path):
     sd["transformer.h.0.attn.masked_bias"] = torch.zeros(1)          # an unexpected (ignored) tensor
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
     levels = {n: logging.getLogger(n).level for n in ("transformers.modeling_utils", "transformers.utils.loading_report")}
-    seen = Records()
-    logging.getLogger("transformers").addHandler(seen)
+    seen, root = Records(), logging.getLogger("transformers")
+    root_level = root.level
+    root.setLevel(logging.WARNING)             # whatever verbosity an earlier test left transformers at
+    root.addHandler(seen)
     try:
         lm = LanguageModel.from_pretrained(str(folder), device="cpu")
         long = "word " * (3 * lm.tokenizer.model_max_length)
@@ -183,4 +185,5 @@ def test_dependency_chatter_is_silenced_locally(small_gpt2, tmp_path):
         lm.tokenizer(long)                                  # the tokenizer itself still warns when asked directly
         assert any("Token indices sequence length" in m for m in seen.messages)
     finally:
-        logging.getLogger("transformers").removeHandler(seen)
+        root.removeHandler(seen)
+        root.setLevel(root_level)
