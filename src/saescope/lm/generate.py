@@ -108,16 +108,14 @@ class _Watch:
 
     def __init__(self, lm, b: int, device, stop_at_eos: bool):
         self.lm, self.eos = lm, lm.info.eos_token_id if stop_at_eos else None
-        self.bad = torch.zeros(b, dtype=torch.bool, device=device)         # a row saw NaN/inf logits
-        self.bad_step = torch.zeros(b, dtype=torch.long, device=device)    # first step it did (0 = never)
+        self.pending: list[torch.Tensor] = []    # per unchecked step: [b] bool, a row saw NaN/inf logits
+        self.checked = 0                          # steps already checked
         self.finished = torch.zeros(b, dtype=torch.bool, device=device)
         self.done_at = torch.zeros(b, dtype=torch.long, device=device)     # step of the row's EOS (0 = not yet)
 
     def logits(self, logits: torch.Tensor, step: int) -> torch.Tensor:
         """Record rows with non-finite logits (raised at the next check; ``pick`` does not crash on them)."""
-        row_bad = ~torch.isfinite(logits).all(-1)
-        self.bad_step = torch.where(row_bad & ~self.bad, torch.full_like(self.bad_step, step), self.bad_step)
-        self.bad |= row_bad
+        self.pending.append(~torch.isfinite(logits).all(-1))
         return logits
 
     def token(self, nxt: torch.Tensor, step: int) -> torch.Tensor:
@@ -131,11 +129,16 @@ class _Watch:
 
     def check(self) -> bool:
         """Raise on NaN/inf; True when every row has stopped at EOS. One host synchronisation."""
-        flags = torch.stack([self.bad.any(), self.finished.all()]).tolist()
+        if not self.pending:
+            return self.eos is not None and bool(self.finished.all())
+        bad = torch.stack(self.pending)                                   # [steps, b]
+        flags = torch.stack([bad.any(), self.finished.all()]).tolist()
         if flags[0]:
-            step = int(self.bad_step[self.bad].min())
+            step = self.checked + int(bad.any(-1).nonzero()[0, 0]) + 1
             raise NumericsError(f"model {self.lm.name} produced NaN/inf logits at generation step {step} "
                                 "(check the interventions)")
+        self.checked += len(self.pending)
+        self.pending.clear()
         return self.eos is not None and bool(flags[1])
 
     def n_steps(self, done: int) -> int:
