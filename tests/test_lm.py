@@ -534,3 +534,39 @@ def test_norm_hooks_exit_early(wide_lm):
             for h in handles:
                 h.remove()
         assert calls == ran, name
+
+
+def test_stop_at_eos_checked_every_few_steps_trims_exactly(gpt2_lm):
+    """EOS is looked at every CHECK_EVERY steps, but the output ends at the last row's EOS, padded after each EOS."""
+    import dataclasses
+
+    prompts = [TEXTS[1], "Hello there"]
+    greedy = gpt2_lm.generate(prompts, max_new_tokens=30)
+    p = greedy.shape[1] - 30
+    rows = [greedy[i, p:].tolist() for i in range(2)]
+    eos = rows[0][3]                                        # a pretend EOS that row 0 emits early
+    lm = LanguageModel(gpt2_lm.hf_model, gpt2_lm.tokenizer, "gpt2", gpt2_lm.family)
+    lm.info = dataclasses.replace(lm.info, eos_token_id=eos)
+    stopped = lm.generate(prompts, max_new_tokens=30, stop_at_eos=True)
+    ends = [r.index(eos) + 1 if eos in r else 30 for r in rows]
+    assert stopped.shape[1] == p + max(ends)
+    for i, r in enumerate(rows):
+        assert stopped[i, p:p + ends[i]].tolist() == r[:ends[i]]
+        assert set(stopped[i, p + ends[i]:].tolist()) <= {lm._pad_id}
+
+
+def test_unmapped_norm_hook_is_one_line_and_leaves_no_hooks(gpt2_lm):
+    import dataclasses
+
+    fam = dataclasses.replace(gpt2_lm.family, ln2=None)
+    lm = LanguageModel(gpt2_lm.hf_model, gpt2_lm.tokenizer, "gpt2", fam)
+
+    def n_hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.hf_model.modules())
+
+    before = n_hooks()
+    with pytest.raises(HookError) as e:
+        lm.run(TEXTS[0], capture=["blocks.0.hook_resid_pre", "blocks.1.ln1.hook_normalized",
+                                  "blocks.3.ln2.hook_normalized"])
+    assert "blocks.3.ln2.hook_normalized" in _one_line(e) and "gpt2" in str(e.value)
+    assert n_hooks() == before and lm._pass is None

@@ -145,3 +145,45 @@ def test_half_precision_reads_and_generates_on_cpu(tmp_path, kind, dtype):
         greedy = lm.generate(text, max_new_tokens=5)
     assert out.shape == greedy.shape == (1, lm.to_tokens(text).shape[1] + 5)
     assert set(seen) == {want}
+
+
+def test_dependency_chatter_is_silenced_locally(small_gpt2, tmp_path):
+    """No 'Token indices sequence length' warning (saescope cuts contexts itself), no load report for an unexpected
+    tensor; transformers' own logger levels are restored afterwards."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from saescope.data.text import token_contexts
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    folder = _with_config(small_gpt2, tmp_path / "extra")
+    sd = load_file(folder / "model.safetensors")
+    sd["transformer.h.0.attn.masked_bias"] = torch.zeros(1)          # an unexpected (ignored) tensor
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    levels = {n: logging.getLogger(n).level for n in ("transformers.modeling_utils", "transformers.utils.loading_report")}
+    seen, root = Records(), logging.getLogger("transformers")
+    root_level = root.level
+    root.setLevel(logging.WARNING)             # whatever verbosity an earlier test left transformers at
+    root.addHandler(seen)
+    try:
+        lm = LanguageModel.from_pretrained(str(folder), device="cpu")
+        long = "word " * (3 * lm.tokenizer.model_max_length)
+        assert lm.to_tokens(long, truncate=True).shape[1] == lm.info.n_ctx
+        assert next(iter(token_contexts(lm, [long], 32))).shape == (32,)
+        text = "\n".join(seen.messages)
+        assert "Token indices sequence length" not in text and "LOAD REPORT" not in text, text
+        assert "not sharded" not in text and "masked_bias" not in text, text
+        assert {n: logging.getLogger(n).level for n in levels} == levels
+        lm.tokenizer(long)                                  # the tokenizer itself still warns when asked directly
+        assert any("Token indices sequence length" in m for m in seen.messages)
+    finally:
+        root.removeHandler(seen)
+        root.setLevel(root_level)

@@ -8,26 +8,33 @@ from .hooks import _Pass
 
 
 def _scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``(logits - max) / T`` in float64: exactly 0 at the maximum, <= 0 elsewhere (-inf when T underflows), so
-    softmax is finite for every T >= 0 and degrades to argmax as T -> 0 (no inf/NaN for T = 1e-45 or 1e-320)."""
-    z = logits.double()
+    """``(logits - max) / T`` in float32 (float64 stays float64): exactly 0 at the maximum and <= 0 (or -inf)
+    elsewhere, also when T underflows to 0 in that dtype (1e-45, 1e-320), so exp() is finite for every T > 0."""
+    z = logits.float() if logits.dtype != torch.float64 else logits
     z = z - z.max(dim=-1, keepdim=True).values
     return torch.where(z == 0, z, z / temperature)
 
 
 def pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
          gen: torch.Generator | None) -> torch.Tensor:
-    """logits [b, d_vocab] -> next token ids [b]. Sampling runs in float64 from ``(logits - max) / temperature``."""
+    """logits [b, d_vocab] -> next token ids [b].
+
+    Sampling draws ``argmax(p / E)`` with ``E ~ Exp(1)`` i.i.d. (exactly a draw from ``p``), where
+    ``p = exp((logits - max) / T)`` (unnormalised, max 1): finite for every T > 0, argmax as T -> 0,
+    and a row of NaN logits yields some index instead of a crash (the caller reports it as NumericsError).
+    """
     if not do_sample or temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(_scaled_logits(logits, float(temperature)), dim=-1)
+    p = _scaled_logits(logits, float(temperature)).exp_()
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p    # keep the smallest prefix whose mass reaches top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_p, 1, generator=gen)
-        return order.gather(-1, choice)[:, 0]
-    return torch.multinomial(probs, 1, generator=gen)[:, 0]
+        p, order = p.sort(dim=-1, descending=True)
+        cum = p.cumsum(-1)
+        drop = cum - p > top_p * cum[..., -1:]     # keep the smallest prefix whose mass reaches top_p
+        p = p.masked_fill_(drop, 0.0)
+    noise = torch.empty_like(p).exponential_(generator=gen).clamp_(min=torch.finfo(p.dtype).tiny)
+    choice = (p / noise).argmax(-1)
+    return choice if order is None else order.gather(-1, choice[:, None])[:, 0]
 
 
 def check_args(max_new_tokens, temperature, top_p) -> None:
@@ -101,17 +108,15 @@ class _Watch:
 
     def __init__(self, lm, b: int, device, stop_at_eos: bool):
         self.lm, self.eos = lm, lm.info.eos_token_id if stop_at_eos else None
-        self.bad = torch.zeros(b, dtype=torch.bool, device=device)         # a row saw NaN/inf logits
-        self.bad_step = torch.zeros(b, dtype=torch.long, device=device)    # first step it did (0 = never)
+        self.pending: list[torch.Tensor] = []    # per unchecked step: [b] bool, a row saw NaN/inf logits
+        self.checked = 0                          # steps already checked
         self.finished = torch.zeros(b, dtype=torch.bool, device=device)
         self.done_at = torch.zeros(b, dtype=torch.long, device=device)     # step of the row's EOS (0 = not yet)
 
     def logits(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        """Record non-finite rows and replace them by zeros, so sampling never sees NaN (raised at the next check)."""
-        row_bad = ~torch.isfinite(logits).all(-1)
-        self.bad_step = torch.where(row_bad & ~self.bad, torch.full_like(self.bad_step, step), self.bad_step)
-        self.bad |= row_bad
-        return torch.where(row_bad[:, None], torch.zeros_like(logits), logits)
+        """Record rows with non-finite logits (raised at the next check; ``pick`` does not crash on them)."""
+        self.pending.append(~torch.isfinite(logits).all(-1))
+        return logits
 
     def token(self, nxt: torch.Tensor, step: int) -> torch.Tensor:
         if self.eos is None:
@@ -124,11 +129,16 @@ class _Watch:
 
     def check(self) -> bool:
         """Raise on NaN/inf; True when every row has stopped at EOS. One host synchronisation."""
-        flags = torch.stack([self.bad.any(), self.finished.all()]).tolist()
+        if not self.pending:
+            return self.eos is not None and bool(self.finished.all())
+        bad = torch.stack(self.pending)                                   # [steps, b]
+        flags = torch.stack([bad.any(), self.finished.all()]).tolist()
         if flags[0]:
-            step = int(self.bad_step[self.bad].min())
+            step = self.checked + int(bad.any(-1).nonzero()[0, 0]) + 1
             raise NumericsError(f"model {self.lm.name} produced NaN/inf logits at generation step {step} "
                                 "(check the interventions)")
+        self.checked += len(self.pending)
+        self.pending.clear()
         return self.eos is not None and bool(flags[1])
 
     def n_steps(self, done: int) -> int:

@@ -1,7 +1,7 @@
 """Hook-point names (TransformerLens grammar) and where they live in each Hugging Face model family.
 
 A hook name is ``blocks.{L}.<kind>`` with ``kind`` one of ``KINDS``. Each family says which HF submodule carries
-each kind; ``lm/model.py`` turns that into PyTorch forward (pre-)hooks:
+each kind; ``lm/hooks.py`` turns that into PyTorch forward (pre-)hooks:
 
     kind               HF location (per family)                              read from / written to
     hook_resid_pre     block L                                               the block's input (forward pre-hook)

@@ -104,11 +104,11 @@ class HooksMixin:
             raise _StopForward
         return act
 
-    def _install(self, points: list[HookPoint]) -> list:
-        """Register the PyTorch hooks serving ``points``; returns handles to remove."""
+    def _install(self, points: list[HookPoint], handles: list) -> list:
+        """Register the PyTorch hooks serving ``points`` into ``handles`` (kept by the caller, so that a failure
+        half-way still removes what was registered); returns ``handles``."""
         by_layer: dict[int, dict[str, HookPoint]] = {}
         embed = None
-        handles = []
         for hp in points:
             if hp.kind == EMBED:
                 embed = hp
@@ -123,7 +123,7 @@ class HooksMixin:
         elif embed is not None:
             by_layer.setdefault(0, {})[EMBED] = embed
         for layer, kinds in by_layer.items():
-            handles.extend(self._install_block(layer, kinds))
+            self._install_block(layer, kinds, handles)
         return handles
 
     def _site(self, hp: HookPoint, path: str | None) -> str:
@@ -157,9 +157,8 @@ class HooksMixin:
 
         return hook
 
-    def _install_block(self, layer: int, kinds: dict[str, HookPoint]) -> list:
+    def _install_block(self, layer: int, kinds: dict[str, HookPoint], handles: list) -> None:
         fam, block = self.family, self._layers[layer]
-        handles = []
         pre, mid, embed = kinds.get("hook_resid_pre"), kinds.get("hook_resid_mid"), kinds.get(EMBED)
         if pre or mid or embed:
             handles.append(block.register_forward_pre_hook(
@@ -182,7 +181,6 @@ class HooksMixin:
                 self._output_hook(kinds["hook_mlp_out"])))
         if "hook_resid_post" in kinds:
             handles.append(block.register_forward_hook(self._output_hook(kinds["hook_resid_post"])))
-        return handles
 
     def _block_pre_hook(self, layer: int, pre: HookPoint | None, keep_resid: bool, embed: HookPoint | None = None):
         def hook(module, args, kwargs):
@@ -250,10 +248,10 @@ class HooksMixin:
     def _hooked(self, state: _Pass, extra: list[HookPoint] = ()) -> Iterator[None]:
         points = {hp.name: hp for hp, _, _ in self._edits}
         points.update({hp.name: hp for hp in extra})
-        prev = self._pass
+        prev, handles = self._pass, []
         self._pass = state
-        handles = self._install(list(points.values()))
         try:
+            handles = self._install(list(points.values()), handles)
             yield
         finally:
             for h in handles:

@@ -14,12 +14,13 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._checks import MAX_DIM, check_alloc, checked_int
+from .._checks import MAX_DIM, check_alloc, checked_int, format_bytes
 from ..errors import ModelLoadError
 
 MAX_LAYERS = 4096
 MAX_CONFIG_BYTES = 4 * 2**20
 MAX_HEADER_BYTES = 100 * 2**20
+MIN_BYTES_PER_PARAM = 0.5     # 4-bit quantised weights are the densest storage accepted
 # one size fact of a model, and the config.json fields that may state it
 FIELDS = {
     "layers": ("num_hidden_layers", "n_layer", "num_layers", "n_layers"),
@@ -164,10 +165,10 @@ def check(folder: Path, dtype_bytes: int) -> None:
         raise ModelLoadError(f"config.json: {name} = {value} but the position embedding in {where} has "
                              f"{disk.pos_rows} rows; the config does not match the weights")
     need = _min_parameters(sizes)
-    held = disk.elements if disk.elements is not None else disk.n_bytes // 2     # .bin: at least 2 bytes each
-    if need > 1.5 * held + 2**20:
+    if need * MIN_BYTES_PER_PARAM > 1.5 * disk.n_bytes + 2**20:
         fields = ", ".join(f"{n} = {v}" for n, v in sizes.values())
         raise ModelLoadError(f"config.json claims at least {need:,} parameters ({fields}) but {where} {holds} "
-                             f"about {held:,}; the config does not match the weights")
+                             f"{format_bytes(disk.n_bytes)}; the config does not match the weights")
+    held = disk.elements if disk.elements is not None else disk.n_bytes // 2
     check_alloc(max(need, held) * dtype_bytes, f"model {folder.name} ({max(need, held):,} parameters)",
                 error=ModelLoadError)
