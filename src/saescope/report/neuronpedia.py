@@ -97,7 +97,8 @@ def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str |
     meta = store.meta
     if model_id is None:
         name = str(meta.get("model") or "model").rstrip("/")
-        name = name.rsplit("/", 1)[-1] if name.startswith((".", "/", "~")) else name.replace("/", "-")
+        local = meta.get("model_source") == "local"     # recorded by the model layer's one path rule
+        name = name.rsplit("/", 1)[-1] if local else name.replace("/", "-")
         model_id = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "model"
     hook = str(meta.get("hook") or "")
     if layer is None:

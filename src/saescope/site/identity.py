@@ -45,7 +45,7 @@ def sae_name(sae) -> str:
 def describe(lm, sae) -> dict:
     """What an artefact records about its SAE and model."""
     meta = sae.cfg.metadata
-    return {"model": getattr(lm, "name", None), "hook": meta.hook_name, "hook_out": meta.hook_name_out,
+    return {"model": getattr(lm, "name", None), "model_source": getattr(lm, "source", None), "hook": meta.hook_name, "hook_out": meta.hook_name_out,
             "d_sae": sae.d_sae, "d_in": sae.d_in, "d_out": sae.d_out, "architecture": sae.cfg.architecture,
             "sae": sae_name(sae), "sae_path": str(sae.path) if getattr(sae, "path", None) else None,
             "release": meta.release, "sae_id": meta.sae_id, "neuronpedia_id": meta.neuronpedia_id,
