@@ -80,12 +80,12 @@ def _next_tokens(lm, sae, text: str, interventions=(), k: int = 5) -> list[NextT
 
 @torch.no_grad()
 def sample_pairs(lm, sae, prompt: str, interventions, n: int, max_new_tokens: int, temperature: float,
-                 seed: int = 0) -> list[tuple[str, str]]:
+                 seed: int = 0, top_p: float = 1.0) -> list[tuple[str, str]]:
     """n (baseline, steered) continuations of ``prompt``: one batched generation each, from the same seed, so
     row i of both batches draws the same random numbers."""
     ids = attach(lm, sae).tokens(prompt).repeat(n, 1)
     kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed,
-              prepend_bos=False)
+              top_p=top_p, prepend_bos=False)
     base = lm.generate(ids, **kw)[:, ids.shape[1]:]
     with steer(lm, sae, list(interventions)):
         steered = lm.generate(ids, **kw)[:, ids.shape[1]:]
