@@ -2,12 +2,12 @@
 logit tables, a feature page body and the feature index. Plain strings, every value escaped."""
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 from html import escape
 from importlib import resources
-from urllib.parse import quote
 from typing import Callable
 
 from .records import Example, FeatureRecord
@@ -17,6 +17,7 @@ NEURONPEDIA = "https://www.neuronpedia.org"
 FAVICON_SVG = ("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'><rect width='16' height='16' rx='3' "
                "fill='#1d2330'/><rect x='3' y='8' width='2' height='5' fill='#e66e14'/><rect x='7' y='4' width='2' "
                "height='9' fill='#e66e14'/><rect x='11' y='6' width='2' height='7' fill='#e66e14'/></svg>")
+_FAVICON_B64 = base64.b64encode(FAVICON_SVG.encode()).decode()       # inline: pages fetch nothing
 
 
 def asset(name: str) -> str:
@@ -29,7 +30,7 @@ def page(title: str, body: str, header: str = "", scripts: str = "") -> str:
     become U+FFFD, so the page can always be encoded as UTF-8."""
     doc = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{escape(title)}</title>"
-           f"<link rel=\"icon\" href=\"data:image/svg+xml,{quote(FAVICON_SVG)}\">"
+           f"<link rel=\"icon\" href=\"data:image/svg+xml;base64,{_FAVICON_B64}\">"
            f"<style>{asset('style.css')}</style></head><body>{header}<main>{body}</main>{scripts}</body></html>\n")
     return _SURROGATES.sub("\ufffd", doc)
 
@@ -84,12 +85,15 @@ def _nice_step(span: float, n: int) -> float:
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Tick values between ``lo`` and ``hi`` (> 0) on a log axis: 1, 2, 5 x 10^k when the range is short, else
-    powers of ten."""
+    """Three to about twelve tick values between ``lo`` and ``hi`` (> 0) on a log axis: powers of ten, else 1-2-5,
+    else every digit, else the two ends and their geometric middle."""
     a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-    mults = (1, 2, 5) if b - a <= 3 else (1,)
-    ticks = [m * 10.0 ** e for e in range(a, b + 1) for m in mults]
-    return [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+    for mults in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0 ** e for e in range(a, b + 1) for m in mults]
+        ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+        if 3 <= len(ticks) <= 12:
+            return ticks
+    return [float(f"{v:.2g}") for v in (lo * 1.0001, math.sqrt(lo * hi), hi * 0.9999)]
 
 
 def _fmt_tick(v: float) -> str:
@@ -98,7 +102,7 @@ def _fmt_tick(v: float) -> str:
 
 def hist_svg(counts: list[int], edges: list[float], width: int = 560, height: int = 220) -> str:
     """Bar chart of activation counts over log-spaced bins, as inline SVG with axes: y = tokens (linear, with
-    ticks), x = activation on a log scale, zoomed to the non-empty bins (one empty bin either side)."""
+    ticks), x = activation on a log scale, zoomed to the bins from the first to the last non-empty one."""
     try:
         counts = [max(0, int(c)) for c in counts]
         edges = [float(e) for e in edges]
@@ -108,7 +112,7 @@ def hist_svg(counts: list[int], edges: list[float], width: int = 560, height: in
             math.isfinite(e) and e > 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
         return "<p class=\"muted\">no activations</p>"
     nz = [i for i, c in enumerate(counts) if c]
-    first, last = max(nz[0] - 1, 0), min(nz[-1] + 1, len(counts) - 1)
+    first, last = nz[0], nz[-1]
     counts, edges = counts[first:last + 1], edges[first:last + 2]
     left, right, top, bottom = 52, 10, 10, 40
     pw, ph = width - left - right, height - top - bottom

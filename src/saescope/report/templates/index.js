@@ -81,7 +81,9 @@
     }).catch(function () { if (mine === asked) { hits = null; render(); } });   // labels on the page instead
     render();
   }
-  q.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(search, 150); });
+  q.addEventListener("input", function () {   // the page's own matches at once, the server's ranking when it answers
+    clearTimeout(timer); hits = null; asked++; shown = 200; render(); timer = setTimeout(search, 150);
+  });
   sort.addEventListener("change", function () { ranked = false; render(); });
   if (hideDense) hideDense.addEventListener("change", render);
   more.addEventListener("click", function () { shown += 500; render(); });
