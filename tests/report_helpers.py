@@ -39,6 +39,20 @@ def make_corpus(n: int, ctx: int, seed: int = 0) -> torch.Tensor:
     return toks
 
 
+EXPLANATIONS = {11: ("ships and maritime navigation", 0.83), 12: ("numbers in tables", 0.61)}
+
+
+def add_explanations(store_path: Path, explanations: dict = EXPLANATIONS) -> None:
+    """Write ``{feature: (text, detection balanced accuracy)}`` into a store as ``saescope explain`` would."""
+    from saescope.report.store_explain import ExplanationWriter
+
+    with ExplanationWriter(store_path) as w:
+        for f, (text, score) in explanations.items():
+            w.save(f, {"text": text, "model": "test-llm", "method": "test", "key": "k", "settings": {}},
+                   scores=[{"scorer": "detection", "judge": "llm:test-llm", "key": "d", "n": 20,
+                            "metrics": {"balanced_accuracy": score, "auroc": None}}])
+
+
 class ServerProcess:
     """`python -m saescope serve ... --port 0` in a subprocess; ``url`` once it is ready. Stops on close()."""
 
@@ -123,6 +137,7 @@ def start_test_server(gpt2_dir: Path, tmp: Path) -> ThreadServer:
         compute_feature_stats(lm, sae, make_corpus(12, 24), cfg, out=sae.path / "features.sqlite")
     finally:
         torch.set_num_threads(before)
+    add_explanations(sae.path / "features.sqlite")
     app = create_app(lm, sae, str(sae.path), FeatureStore.for_sae(sae), ServerConfig(max_concurrent_reads=256))
     srv = ThreadServer(app)
     srv.sae_path, srv.d_sae = sae.path, sae.d_sae

@@ -43,60 +43,179 @@ def page(server):
         browser.close()
 
 
-def test_index_search_feature_page_and_steer(server, page):
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_index_search_sort_and_dense_filter(server, page):
     page.goto(server.url)
     rows = page.locator("#features tbody tr")
     assert rows.count() == 96
+    # explanations and labels are shown; labels are marked "auto"
+    row11 = page.locator("#features tbody tr", has=page.locator("a[href='/feature/11']"))
+    assert "ships and maritime navigation" in row11.inner_text() and "0.83" in row11.inner_text()
+    assert "auto" in page.locator("#features tbody tr", has=page.locator("a[href='/feature/5']")).inner_text()
+    # search goes to /api/search: a word only an explanation holds
+    page.fill("#q", "maritime")
+    page.wait_for_function("document.getElementById('count').textContent.indexOf('(search)') >= 0")
+    assert rows.count() == 1 and rows.first.locator("td").first.inner_text() == "11"
+    _shot(page, "browser-index-search.png")
     page.fill("#q", "fifth")
-    assert rows.count() == 1 and "fifth feature" in rows.first.inner_text()
+    page.wait_for_function("document.getElementById('count').textContent === '1 features (search)'")
+    assert "fifth feature" in rows.first.inner_text()
     page.fill("#q", "")
+    page.wait_for_function("document.querySelectorAll('#features tbody tr').length === 96")
     page.select_option("#sort", "max")
-    first_max = float(rows.nth(0).locator("td").nth(3).inner_text())
-    second_max = float(rows.nth(1).locator("td").nth(3).inner_text())
+    first_max = float(rows.nth(0).locator("td").nth(4).inner_text())
+    second_max = float(rows.nth(1).locator("td").nth(4).inner_text())
     assert first_max >= second_max
-    page.screenshot(path=str(ARTIFACTS / "browser-index.png"), full_page=True)
-
-    # search via inference: type a text, see the top features per token
-    page.fill("#read-text", "The cat sat on the mat")
-    page.click("#read-go")
-    page.wait_for_selector("#read-out .rtok a.feat")
-    assert page.locator("#read-out .rtok").count() >= 6
-    page.screenshot(path=str(ARTIFACTS / "browser-read.png"), full_page=True)
-
-    # click through to a feature page
-    link = page.locator("#read-out a.feat").first
-    index = link.get_attribute("href").rsplit("/", 1)[1]
-    link.click()
-    page.wait_for_url(f"**/feature/{index}")
-    assert page.locator("h1").inner_text().startswith(f"Feature {index}")
-    assert page.locator(".ex").count() >= 1 and page.locator("svg.hist").count() == 1
-    page.screenshot(path=str(ARTIFACTS / "browser-feature.png"), full_page=True)
-
-    # steer from the feature page (prefilled with this feature): baseline and steered completions
-    assert page.input_value("#steer-features") == index
-    page.fill("#steer-prompt", "Once upon a time")
-    page.fill("#steer-strength", "8")
-    page.fill("#steer-max", "8")
-    page.click("#steer-go")
-    page.wait_for_function("document.getElementById('steer-steered').textContent.length > 20 && "
-                           "!document.getElementById('steer-steered').textContent.includes('\u2026')")
-    baseline, steered = page.inner_text("#steer-baseline"), page.inner_text("#steer-steered")
-    assert baseline.startswith("Once upon a time") and steered.startswith("Once upon a time")
-    assert baseline != steered
-    assert page.inner_text("#steer-err") == ""
-    page.screenshot(path=str(ARTIFACTS / "browser-steer.png"), full_page=True)
-
-    # a bad request shows the server's one-line error instead of completions
-    page.fill("#steer-features", "100000")
-    page.click("#steer-go")
-    page.wait_for_function("document.getElementById('steer-err').textContent.length > 0")
-    assert "out of range" in page.inner_text("#steer-err")
+    # dense features are marked, and can be hidden
+    n_dense = page.locator("#features tbody tr.dense").count()
+    assert 0 < n_dense < 96 and page.locator("#features tbody tr.dense .badge.dense").count() == n_dense
+    _shot(page, "browser-index.png")
+    page.check("#hide-dense")
+    assert rows.count() == 96 - n_dense and page.locator("#features tbody tr.dense").count() == 0
+    _shot(page, "browser-index-dense-hidden.png")
+    page.uncheck("#hide-dense")
     assert page.errors == []
 
 
-def test_unknown_feature_page_is_404(server, page):
+def test_read_view_is_heat_coloured(server, page):
+    page.goto(server.url)
+    page.fill("#read-text", "The cat sat on the mat. Café 日本")
+    page.click("#read-go")
+    page.wait_for_selector("#read-heat .htok")
+    toks = page.locator("#read-heat .htok")
+    assert toks.count() >= 8
+    colours = [toks.nth(j).evaluate("e => getComputedStyle(e).backgroundColor") for j in range(toks.count())]
+    assert len(set(colours)) > 3                                        # shaded by activation, not one colour
+    texts = [toks.nth(j).inner_text() for j in range(toks.count())]
+    assert "\ufffd" not in "".join(texts) and "日" in texts and "\u25cc" in texts     # split characters merged
+    toks.nth(3).hover()
+    detail = page.locator("#read-detail")
+    assert detail.locator("a.feat").count() >= 1 and texts[3] in detail.inner_text()
+    _shot(page, "browser-read.png")
+    # colour by a chosen feature: the one on top at token 3
+    chosen = detail.locator("a.feat").first.get_attribute("href").rsplit("/", 1)[1]
+    page.fill("#read-feature", chosen)
+    page.click("#read-go")
+    page.wait_for_function(f"document.getElementById('read-out').textContent.indexOf('feature #{chosen}') >= 0")
+    _shot(page, "browser-read-feature.png")
+    assert page.errors == []
+
+
+def test_feature_page_panels(server, page):
+    page.goto(server.url + "feature/11")
+    assert page.locator("h1").inner_text().startswith("Feature 11")
+    assert "ships and maritime navigation" in page.inner_text("#explanation")
+    assert "detection balanced accuracy 0.83" in page.inner_text("#explanation")
+    assert page.locator(".ex").count() >= 1
+    svg = page.locator("svg.hist")
+    assert svg.count() == 1 and svg.locator("text.xt").count() >= 3 and "tokens" in svg.text_content()
+    box = svg.bounding_box()
+    bars = svg.locator("rect")
+    xs = [bars.nth(j).bounding_box() for j in range(bars.count())]
+    assert (max(b["x"] + b["width"] for b in xs) - min(b["x"] for b in xs)) > 0.7 * box["width"]
+    near = page.locator("#nearest li a")
+    assert near.count() == 10
+    _shot(page, "browser-feature.png")
+    target = near.first.get_attribute("href")
+    near.first.click()
+    page.wait_for_url("**" + target)
+    # a dense feature carries the badge
+    dense = next(i for i in range(96) if page.request.get(server.url + f"api/feature/{i}").json()["dense"])
+    page.goto(server.url + f"feature/{dense}")
+    assert page.locator("h1 .badge.dense").count() == 1
+    _shot(page, "browser-feature-dense.png")
+    assert page.errors == []
+
+
+def test_steering_samples(server, page):
+    page.goto(server.url + "feature/3")
+    assert page.input_value("#steer-rows .steer-feature") == "3"
+    page.click("#steer-add")
+    page.locator("#steer-rows .steer-feature").nth(1).fill("9")
+    page.locator("#steer-rows .steer-strength").nth(1).fill("-4")
+    page.fill("#steer-prompt", "Once upon a time")
+    page.fill("#steer-max", "8")
+    page.fill("#steer-temp", "1")
+    page.fill("#steer-n", "3")
+    page.fill("#steer-seed", "7")
+    page.click("#steer-go")
+    page.wait_for_selector("#steer-samples tbody tr")
+    samples = page.locator("#steer-samples tbody tr")
+    assert samples.count() == 3
+    assert page.inner_text("#steer-prompt-shown") == "Once upon a time"
+    first = [samples.nth(j).inner_text() for j in range(3)]
+    assert not any(t.split("\t")[1].startswith("Once upon") for t in first)      # continuations, prompt apart
+    assert "add #3 \u00d7 12" in page.inner_text("#steer-out") or "#9 \u00d7 -4" in page.inner_text("#steer-out")
+    _shot(page, "browser-steer.png")
+    page.click("#steer-go")                                           # same seed, same samples
+    page.wait_for_function("document.querySelectorAll('#steer-samples tbody tr').length === 3")
+    assert [samples.nth(j).inner_text() for j in range(3)] == first
+    # errors in plain words
+    page.locator("#steer-rows .steer-strength").nth(1).fill("")
+    page.click("#steer-go")
+    page.wait_for_function("document.getElementById('steer-err').textContent.length > 0")
+    assert page.inner_text("#steer-err") == "Strengths (strength): each entry must be a number."
+    page.locator("#steer-rows .steer-strength").nth(1).fill("2")
+    page.locator("#steer-rows .steer-feature").first.fill("100000")
+    page.click("#steer-go")
+    page.wait_for_function("document.getElementById('steer-err').textContent.indexOf('out of range') >= 0")
+    assert "--" not in page.inner_text("#steer-err")
+    _shot(page, "browser-steer-error.png")
+    assert page.errors == []
+
+
+def test_attribution_view(server, page):
+    page.goto(server.url)
+    page.fill("#attr-text", "The cat sat on the")
+    page.click("#attr-go")
+    page.wait_for_selector("#attr-table tbody tr")
+    assert page.locator("#attr-table tbody tr").count() >= 1
+    assert page.locator("#attr-out .target-pos").count() == 1 and page.inner_text("#attr-target-shown")
+    assert "logit" in page.inner_text("#attr-out") and "rest of network" in page.inner_text("#attr-out")
+    _shot(page, "browser-attribute-dla.png")
+    page.select_option("#attr-method", "gradient")
+    page.click("#attr-go")
+    page.wait_for_function("document.getElementById('attr-out').textContent.indexOf('gradient attribution') >= 0")
+    assert page.locator("#attr-table thead th").nth(1).inner_text() == "position"
+    _shot(page, "browser-attribute-gradient.png")
+    page.fill("#attr-target", " two words")
+    page.click("#attr-go")
+    page.wait_for_function("document.getElementById('attr-err').textContent.length > 0")
+    assert "not one" in page.inner_text("#attr-err")
+    assert page.errors == []
+
+
+def test_unknown_feature_page_is_404_and_favicon(server, page):
     resp = page.goto(server.url + "feature/100000")
     assert resp.status == 404 and "No feature 100000" in page.inner_text("h1")
+    icon = page.request.get(server.url + "favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_without_statistics(gpt2_dir, page, tmp_path_factory):
+    """`serve` without a feature store: feature pages say so and show the logit lens and nearest features."""
+    from report_helpers import ThreadServer, make_sae
+    from saescope.lm import LanguageModel
+    from saescope.server import ServerConfig, create_app
+
+    lm = LanguageModel.from_pretrained(str(gpt2_dir))
+    sae = make_sae(lm.name, tmp_path_factory.mktemp("nostats") / "sae")
+    srv = ThreadServer(create_app(lm, sae, str(sae.path), None, ServerConfig()))
+    try:
+        page.goto(srv.url + "feature/5")
+        body = page.inner_text("main")
+        assert "never fired" not in body and "No feature statistics were built" in body
+        assert "fifth feature" in page.inner_text("h1") and page.locator("#nearest li").count() == 10
+        assert "Logit lens" in body and page.locator("svg.hist").count() == 0
+        _shot(page, "browser-no-stats.png")
+        page.goto(srv.url)
+        assert page.locator("#features tbody tr").count() == 96 and page.locator("#hide-dense").count() == 0
+    finally:
+        srv.close()
+    assert page.errors == []
 
 
 # --- hostile labels: HTML comment and script breakers --------------------------------------------------------------
@@ -159,7 +278,7 @@ def test_hostile_labels_static_dashboard(hostile, page):
     page.goto((hostile["dash"] / "index.html").as_uri())
     rows = page.locator("#features tbody tr")
     assert rows.count() == min(hostile["d_sae"], 200)
-    labels = rows.locator("td.label")
+    labels = rows.locator("td.label-cell .label")
     assert [labels.nth(i).text_content() for i in range(rows.count())] == \
         [_shown(hostile_label(i)) for i in range(rows.count())]
     page.fill("#q", "cdata")
@@ -180,21 +299,24 @@ def test_hostile_labels_server(hostile, page):
     page.goto(hostile["url"])
     rows = page.locator("#features tbody tr")
     assert rows.count() == min(hostile["d_sae"], 200)
-    labels = rows.locator("td.label")
+    labels = rows.locator("td.label-cell .label")
     assert [labels.nth(i).text_content() for i in range(rows.count())] == \
         [_shown(hostile_label(i)) for i in range(rows.count())]
     page.screenshot(path=str(ARTIFACTS / "browser-hostile-index.png"), full_page=True)
     page.fill("#read-text", "The cat sat on the mat")
     page.click("#read-go")
-    page.wait_for_selector("#read-out .rtok a.feat")
+    page.wait_for_selector("#read-heat .htok")
     # every feature link shows its label as text: an unescaped "<!--" would swallow the links after it, an
     # unescaped <img onerror> would fire a dialog
-    links = page.locator("#read-out a.feat")
-    assert links.count() == 5 * page.locator("#read-out .rtok").count()
-    for j in range(links.count()):
-        index = int(links.nth(j).get_attribute("href").rsplit("/", 1)[1])
-        assert links.nth(j).text_content().endswith(_shown(hostile_label(index))), (index, links.nth(j).text_content())
-    page.hover("#read-out a.feat >> nth=0")
+    toks = page.locator("#read-heat .htok")
+    for t in range(toks.count()):
+        toks.nth(t).hover()
+        links = page.locator("#read-detail a.feat")
+        assert links.count() == 5
+        for j in range(links.count()):
+            index = int(links.nth(j).get_attribute("href").rsplit("/", 1)[1])
+            assert links.nth(j).text_content().endswith(_shown(hostile_label(index))), (index, links.nth(j).text_content())
+        assert toks.nth(t).get_attribute("title").count("#") >= 5
     page.screenshot(path=str(ARTIFACTS / "browser-hostile-read.png"), full_page=True)
     for i in (0, 1, 4, 7):
         page.goto(hostile["url"] + f"feature/{i}")

@@ -439,7 +439,7 @@ def test_index_json_is_inert_and_complete():
     assert not re.search(r"[<>&]|NaN|Infinity", data), data[:300]
     parsed = json.loads(data)
     assert [r[4] for r in parsed[:-1]] == HOSTILE_LABELS
-    assert parsed[-1] == [len(rows) - 1, None, None, None, None]
+    assert parsed[-1] == [len(rows) - 1, None, None, None, None, None, None, None]   # + explanation, score, model
     page = html.page("t \ud800", body)
     page.encode("utf-8")                                    # lone surrogates replaced: the page is always writable
     assert "\ufffd" in page

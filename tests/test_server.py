@@ -90,19 +90,67 @@ def test_api_feature(client, srv_store, srv_sae):
 
 
 def test_read_and_steer_json_equal_the_cli(client, srv_sae, gpt2_dir, capsys):
+    """The APIs answer the CLI's JSON plus a few keys of their own (display strings, samples)."""
     text = "The quick brown fox jumps"
-    served = client.post("/api/read", json={"text": text, "top_k": 4})
+    served = client.post("/api/read", json={"text": text, "top_k": 4, "feature": [3, 9]})
     assert served.status_code == 200
-    cli = _cli_json(capsys, ["read", text, "--model", str(gpt2_dir), "--sae", str(srv_sae.path), "--top", "4", "--json"])
-    assert served.json() == cli
+    cli = _cli_json(capsys, ["read", text, "--model", str(gpt2_dir), "--sae", str(srv_sae.path), "--top", "4",
+                             "--feature", "3", "--feature", "9", "--json"])
+    extra = served.json()
+    assert {k: v for k, v in extra.items() if k != "display_tokens"} == cli
+    assert len(extra["display_tokens"]) == len(cli["tokens"]) and "trace" in cli
     body = {"prompt": "Once upon", "feature": [3, 9], "strength": [6.0], "method": "add", "max_new_tokens": 6,
             "temperature": 0.0, "seed": 0}
     served = client.post("/api/steer", json=body)
     assert served.status_code == 200
     cli = _cli_json(capsys, ["steer", "Once upon", "--feature", "3", "--feature", "9", "--strength", "6", "--max-new-tokens",
                              "6", "--temperature", "0", "--model", str(gpt2_dir), "--sae", str(srv_sae.path), "--json"])
-    assert served.json() == cli
+    got = served.json()
+    assert {k: v for k, v in got.items() if k not in ("n", "samples")} == cli
+    assert got["samples"] == [{"baseline": cli["baseline"], "steered": cli["steered"]}]
     assert cli["baseline"] != cli["steered"]
+
+
+@pytest.mark.parametrize("method", ["dla", "gradient"])
+def test_attribute_json_equals_the_cli(client, srv_sae, gpt2_dir, capsys, method):
+    text = "The cat sat on the"
+    served = client.post("/api/attribute", json={"text": text, "method": method, "target": " the", "top": 7})
+    assert served.status_code == 200, served.text
+    cli = _cli_json(capsys, ["attribute", text, "--method", method, "--target", " the", "--top", "7", "--model",
+                             str(gpt2_dir), "--sae", str(srv_sae.path), "--json"])
+    got = served.json()
+    assert {k: v for k, v in got.items() if k != "display_tokens"} == cli
+    assert len(got["display_tokens"]) == len(cli["tokens"]) and 0 < len(got["features"]) <= 7
+    r = client.post("/api/attribute", json={"text": text, "target": "two tokens maybe"})
+    assert r.status_code == 422 and "not one" in r.json()["detail"]
+
+
+def test_steer_samples_are_seeded_batches(client):
+    """n samples: reproducible from the seed, different from each other, baseline and steered from the same draws
+    (the batch ``saescope.report.tour.sample_pairs`` makes: equal to calling it directly)."""
+    body = {"prompt": "Once upon", "feature": [3], "strength": [9.0], "max_new_tokens": 8, "temperature": 1.0,
+            "top_p": 0.9, "seed": 5, "n": 4}
+    a, b = client.post("/api/steer", json=body).json(), client.post("/api/steer", json=body).json()
+    assert a["samples"] == b["samples"] and len(a["samples"]) == 4 and a["n"] == 4
+    assert len({s["baseline"] for s in a["samples"]}) > 1
+    c = client.post("/api/steer", json={**body, "seed": 6}).json()
+    assert c["samples"] != a["samples"]
+    assert client.post("/api/steer", json={**body, "n": 9}).status_code == 422     # max_samples
+    per_feature = client.post("/api/steer", json={**body, "feature": [3, 9], "strength": [9.0, -4.0], "method": "clamp"})
+    assert per_feature.status_code == 200
+    assert [iv["strength"] for iv in per_feature.json()["interventions"]] == [9.0, -4.0]
+
+
+def test_sample_pairs_match_the_api(srv_lm, srv_sae, client):
+    from saescope.interp import Intervention
+    from saescope.report.tour import sample_pairs
+
+    body = {"prompt": "Once upon", "feature": [3], "strength": [9.0], "max_new_tokens": 6, "temperature": 0.8,
+            "top_p": 0.5, "seed": 2, "n": 3, "positions": "generated"}
+    got = client.post("/api/steer", json=body).json()["samples"]
+    want = sample_pairs(srv_lm, srv_sae, "Once upon", [Intervention((3,), "add", 9.0, "generated")], 3, 6, 0.8,
+                        seed=2, top_p=0.5)
+    assert [(s["baseline"], s["steered"]) for s in got] == want
 
 
 def test_bad_requests(client, srv_sae):
@@ -115,10 +163,49 @@ def test_bad_requests(client, srv_sae):
     assert r.status_code == 422                                                             # max_new_tokens cap
     r = client.post("/api/steer", json={"prompt": "hi", "feature": [srv_sae.d_sae], "strength": [1.0]})
     assert r.status_code == 422 and "out of range" in r.json()["detail"]
-    r = client.post("/api/steer", json={"prompt": "hi", "feature": [1]})
-    assert r.status_code == 422 and "--strength" in r.json()["detail"]
     r = client.post("/api/steer", content=json.dumps({"prompt": "y" * 70_000}), headers={"content-type": "application/json"})
     assert r.status_code == 413                                                             # body size cap
+
+
+PLAIN = [  # (steer body overrides, the sentence the detail must be)
+    ({"feature": ["abc"]}, "Features (feature): each entry must be a whole number."),
+    ({"feature": []}, "Features (feature): choose at least one feature to steer."),
+    ({"strength": []}, "Strengths (strength): give a strength for method add."),
+    ({"strength": [1.0, 2.0, 3.0], "feature": [1, 2]},
+     "Strengths (strength): give one strength for all features or one per feature (2 features, 3 strengths)."),
+    ({"strength": [None]}, "Strengths (strength): each entry must be a number."),
+    ({"prompt": ""}, "Prompt (prompt): is empty."),
+    ({"max_new_tokens": 0}, "New tokens (max_new_tokens): must be at least 1."),
+    ({"method": "push"}, "Method (method): must be one of add, clamp, scale or ablate."),
+    ({"n": 0}, "Samples (n): must be at least 1."),
+    ({"colour": 1}, "'colour' is not a field of this form."),
+]
+
+
+@pytest.mark.parametrize("extra,sentence", PLAIN, ids=[s.split(" (")[0] + str(i) for i, (_, s) in enumerate(PLAIN)])
+def test_form_errors_are_plain_sentences(client, extra, sentence):
+    """Web-form errors name the field in words, without CLI flags or pydantic locations."""
+    r = client.post("/api/steer", json={"prompt": "hi", "feature": [1], "strength": [1.0], **extra})
+    assert r.status_code == 422
+    assert r.json()["detail"] == sentence
+
+
+def test_library_errors_lose_their_cli_flags(client):
+    from saescope.server.forms import plain_message
+
+    assert plain_message("give at least one --feature or --algebra") == "give at least one feature or feature algebra"
+    r = client.post("/api/steer", json={"prompt": "word " * 120, "feature": [1], "strength": [1.0],
+                                        "max_new_tokens": 100})
+    assert r.status_code == 422 and "--" not in r.json()["detail"], r.json()
+    for body in ({"text": "hi", "top_k": "x"}, {"text": "hi", "feature": [1.5]}, [1, 2], "text"):
+        d = client.post("/api/read", json=body).json()["detail"]
+        assert "--" not in d and "list[" not in d and "body" not in d and "Input should" not in d, d
+
+
+def test_favicon(client):
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and r.text.startswith("<svg")
+    assert 'rel="icon" href="data:image/svg+xml;base64,' in client.get("/").text
 
 
 def test_static_files_only_from_the_package(client):
@@ -155,12 +242,18 @@ def test_concurrent_generation_cap_gives_503(srv_lm, srv_sae, srv_store, monkeyp
 
 
 def test_without_store_pages_still_work(srv_lm, srv_sae, srv_store):
+    """`serve` without statistics: pages say so plainly and show the logit lens, nearest features and label."""
     client = _client(srv_lm, srv_sae, None)
     assert client.get("/").status_code == 200
     d = client.get("/api/feature/5").json()
-    assert d["has_stats"] is False and d["label"] == "fifth feature"
+    assert d["has_stats"] is False and d["label"] == "fifth feature" and d["dense"] is False
     assert d["pos_logits"] == [list(x) for x in srv_store.get(5).pos_logits]
-    assert client.get("/feature/5").status_code == 200
+    assert len(d["nearest"]) == 10
+    page = client.get("/feature/5")
+    assert page.status_code == 200
+    assert "never fired" not in page.text and 'id="no-stats"' in page.text and "No feature statistics" in page.text
+    assert "Logit lens" in page.text and 'id="nearest"' in page.text and "fifth feature" in page.text
+    assert "svg" not in page.text.split('id="no-stats"')[1].split("Logit lens")[0]     # no empty histogram
 
 
 def test_cli_serve_port_in_use_is_one_line_exit_2(capsys, gpt2_dir, srv_sae):

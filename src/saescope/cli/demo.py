@@ -36,9 +36,10 @@ def _demo(args) -> int:
     table = Table(show_header=True, header_style="bold")
     for col in ("pos", "token", "top features (index · activation · label)"):
         table.add_column(col)
+    shown = tour.shown_tokens or [r.token for r in tour.read.tokens]     # split characters merged
     for row in tour.read.tokens:
         feats = "\n".join(f"#{f.index} · {f.activation:.2f} · {tour.labels.get(f.index, '')}" for f in row.features)
-        table.add_row(str(row.position), repr(row.token), feats)
+        table.add_row(str(row.position), repr(shown[row.position]), feats)
     console.print(table)
     console.print(f"mean L0 {tour.read.mean_l0:.1f} features per token; {tour.read.percent_active:.2f}% of features active")
 

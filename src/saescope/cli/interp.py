@@ -40,7 +40,7 @@ def _console():
 def _tok(s: str) -> str:
     from rich.markup import escape
 
-    return escape(repr(s)[1:-1])
+    return escape(repr(s)[1:-1].replace("\\\\x", "\\x"))   # display_tokens' \xNN marks stay single
 
 
 def _fmt_feat(index: int, value: float, label: str | None) -> str:
@@ -73,9 +73,12 @@ def _read(args) -> int:
     table.add_column(f"top {args.top} features (index:activation)")
     for col in (trace.features if trace is not None else []):
         table.add_column(f"#{col}", justify="right")
+    from ..lm.tokens import display_tokens
+
+    shown = display_tokens(lm.tokenizer, [row.token_id for row in res.tokens])    # split characters merged
     for row in res.tokens:
         extra = [f"{v:.3g}" for v in trace.activations[row.position].tolist()] if trace is not None else []
-        table.add_row(str(row.position), _tok(row.token), str(row.l0),
+        table.add_row(str(row.position), _tok(shown[row.position]), str(row.l0),
                       "  ".join(_fmt_feat(f.index, f.activation, f.label) for f in row.features), *extra)
     con = _console()
     con.print(table)

@@ -131,3 +131,83 @@ class TokensMixin:
     @staticmethod
     def _positions(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return positions(ids, mask)
+
+
+# ---------------------------------------------------------------------------------------------- display
+CONTINUATION = "\u25cc"     # shown in a token's cell when all its bytes continue a character shown in an earlier cell
+_BYTE_FALLBACK = {f"<0x{b:02X}>": b for b in range(256)}    # SentencePiece byte-fallback tokens
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The printable stand-in of every byte in byte-level BPE vocabularies (GPT-2's published mapping):
+    printable Latin-1 bytes stand for themselves, the other 68 bytes for U+0100 onwards, in byte order."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[chr(b)] = b
+        else:
+            out[chr(0x100 + extra)] = b
+            extra += 1
+    return out
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+
+
+def token_bytes(tokenizer, token_id: int) -> bytes:
+    """The bytes token ``token_id`` stands for. Tokens that decode to whole characters give their UTF-8; a token
+    that holds only part of a character (its decode shows U+FFFD) gives its raw bytes, read from the byte-level
+    BPE piece or the SentencePiece ``<0xNN>`` piece (when neither applies, the decode's own UTF-8)."""
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text.encode("utf-8")
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if isinstance(piece, str):
+        if piece in _BYTE_FALLBACK:
+            return bytes([_BYTE_FALLBACK[piece]])
+        if piece and all(c in _BYTE_LEVEL for c in piece):
+            return bytes(_BYTE_LEVEL[c] for c in piece)
+    return text.encode("utf-8")
+
+
+def _utf8_length(lead: int) -> int:
+    return 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF5 else 0
+
+
+def display_tokens(tokenizer, ids) -> list[str]:
+    """A row of token ids ``[pos]`` -> one display string per token, for tables and highlighted text.
+
+    Characters split across tokens (byte-level BPE and byte-fallback vocabularies cut UTF-8 inside a character)
+    are merged: the whole character shows in the cell of the token where it starts; a token made only of the
+    rest of such a character shows ``CONTINUATION`` (◌). Bytes that form no character within the row (a window
+    cut mid-character, invalid UTF-8) show as ``\\xNN``. Tokens that hold whole characters show ``decode([id])``.
+    ``tokenizer``: a Hugging Face tokenizer, or any object with ``.tokenizer`` (a LanguageModel).
+    """
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+    data, owner = bytearray(), []
+    for j, i in enumerate(ids):
+        b = token_bytes(tok, i)
+        data += b
+        owner += [j] * len(b)
+    cells = [""] * len(ids)
+    continued = [False] * len(ids)
+    p = 0
+    while p < len(data):
+        n = _utf8_length(data[p])
+        chunk = bytes(data[p:p + n]) if n else b""
+        try:
+            char = chunk.decode("utf-8") if len(chunk) == n and n else None
+        except UnicodeDecodeError:
+            char = None
+        if char is None:                     # not a character: show the byte
+            cells[owner[p]] += f"\\x{data[p]:02x}"
+            p += 1
+            continue
+        cells[owner[p]] += char
+        for q in range(p + 1, p + n):
+            if owner[q] != owner[p]:
+                continued[owner[q]] = True
+        p += n
+    return [c if c or not continued[j] else CONTINUATION for j, c in enumerate(cells)]

@@ -16,6 +16,7 @@ import torch
 from ..interp import feature_trace, generate_steered, read_features
 from ..interp.read import ReadResult
 from ..interp.steer import Intervention, SteerResult, steer
+from ..lm.tokens import display_tokens
 from ..site import LENS, attach, lens_rank, load_labels
 
 
@@ -58,6 +59,7 @@ class Tour:
     ablation_after: list[NextToken]
     ablation_generation: SteerResult
     concept_rank: int | None = None         # rank of the concept word in the steered feature's logit lens
+    shown_tokens: list[str] | None = None   # read.tokens as displayed (split characters merged: lm.tokens.display_tokens)
 
 
 def count_word(text: str, word: str) -> int:
@@ -80,12 +82,12 @@ def _next_tokens(lm, sae, text: str, interventions=(), k: int = 5) -> list[NextT
 
 @torch.no_grad()
 def sample_pairs(lm, sae, prompt: str, interventions, n: int, max_new_tokens: int, temperature: float,
-                 seed: int = 0) -> list[tuple[str, str]]:
+                 seed: int = 0, top_p: float = 1.0) -> list[tuple[str, str]]:
     """n (baseline, steered) continuations of ``prompt``: one batched generation each, from the same seed, so
     row i of both batches draws the same random numbers."""
     ids = attach(lm, sae).tokens(prompt).repeat(n, 1)
     kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed,
-              prepend_bos=False)
+              top_p=top_p, prepend_bos=False)
     base = lm.generate(ids, **kw)[:, ids.shape[1]:]
     with steer(lm, sae, list(interventions)):
         steered = lm.generate(ids, **kw)[:, ids.shape[1]:]
@@ -114,7 +116,8 @@ def run_tour(lm, sae, config: TourConfig, heatmap_features: int = 12, seed: int 
     after = _next_tokens(lm, sae, config.ablate_text, [ablate])
     ablation_gen = generate_steered(lm, sae, config.ablate_text, [ablate], max_new_tokens=20, temperature=0)
     return Tour(config, labels, read, feats, heat, samples, base_hits, steer_hits, before, after, ablation_gen,
-                concept_rank=logit_lens_rank(lm, sae, config.steer_feature, " " + config.steer_word.strip()))
+                concept_rank=logit_lens_rank(lm, sae, config.steer_feature, " " + config.steer_word.strip()),
+                shown_tokens=display_tokens(lm.tokenizer, [r.token_id for r in read.tokens]))
 
 
 @torch.no_grad()
@@ -150,14 +153,14 @@ def _mark(text: str, word: str) -> str:
 def render_html(tour: Tour, model_name: str, sae_name: str) -> str:
     c, e = tour.config, html.escape
     lab = lambda f: e(tour.labels.get(f, ""))  # noqa: E731
-    toks = [r.token for r in tour.read.tokens]
+    toks = tour.shown_tokens or [r.token for r in tour.read.tokens]
     vmax = max((max(r) for r in tour.heatmap if r), default=0.0)
     heat_rows = "".join(
         f"<tr><th>#{f}<div class='lab'>{lab(f)}</div></th>{''.join(_cell(v, vmax) for v in row)}</tr>"
         for f, row in zip(tour.heatmap_features, tour.heatmap))
     heat = (f"<table><tr><th>feature</th>{''.join(f'<th class=tok>{e(t)}</th>' for t in toks)}</tr>{heat_rows}</table>")
     read_rows = "".join(
-        f"<tr><td>{r.position}</td><td class=tok>{e(r.token)}</td><td>"
+        f"<tr><td>{r.position}</td><td class=tok>{e(toks[r.position])}</td><td>"
         + "; ".join(f"#{f.index} ({f.activation:.2f}) <span class=lab>{lab(f.index)}</span>" for f in r.features)
         + "</td></tr>" for r in tour.read.tokens)
     pairs = "".join(
