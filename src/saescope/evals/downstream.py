@@ -102,6 +102,10 @@ class EvalResult:
             out[f.name] = value
         return out
 
+    def _repr_html_(self) -> str:
+        from ..interp.display import render_eval   # the one module of HTML views; imported only when shown
+        return render_eval(self)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # tokens
