@@ -28,8 +28,9 @@ text-align:left;vertical-align:top;font-size:12px}.ssc th{font-weight:600}
 .ssc-row{line-height:2.1;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap}
 .ssc-tok{padding:1px 0;margin-right:1px;border-radius:3px;white-space:pre}
 .ssc-peak{outline:2px solid #c0392b;font-weight:700}
-.ssc-box{padding:.4em .6em;border:1px solid #8885;border-radius:6px;white-space:pre-wrap}
-.ssc-pair{display:grid;grid-template-columns:1fr 1fr;gap:.6em;margin:.4em 0}
+.ssc-box{padding:.4em .6em;border:1px solid #8885;border-radius:6px;white-space:pre-wrap;overflow-wrap:anywhere}
+.ssc-box .ssc-t{white-space:pre-wrap}
+.ssc-pair{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:.6em;margin:.4em 0}
 .ssc-bar{display:inline-block;height:.9em;vertical-align:middle}
 </style>"""
 
@@ -147,15 +148,15 @@ def _iv_text(iv) -> str:
     where = "" if iv.positions == "all" else f" at positions {iv.positions}"
     unit = " (unit-normalised direction)" if getattr(iv, "normalize", False) else ""
     if iv.method == "algebra":
-        terms = " ".join(f"{w:+g}×#{f}" for f, w in zip(feats, iv.weights or [1.0] * len(feats)))
-        return f"algebra ({terms}) × {iv.strength:g}{unit}{where}"
+        terms = " ".join(f"{'+' if w >= 0 else ''}{fmt(w)}×#{f}" for f, w in zip(feats, iv.weights or [1.0] * len(feats)))
+        return f"algebra ({terms}) × {fmt(iv.strength)}{unit}{where}"
     if iv.method == "ablate":
         return f"ablate {', '.join(f'#{f}' for f in feats)}{where}"
     if iv.method == "clamp":
         values = iv.strength if isinstance(iv.strength, tuple) else (iv.strength,) * len(feats)
-        return f"clamp {', '.join(f'#{f} → {v:g}' for f, v in zip(feats, values))}{where}"
+        return f"clamp {', '.join(f'#{f} → {fmt(v)}' for f, v in zip(feats, values))}{where}"
     verb = "add" if iv.method == "add" else "scale"
-    return f"{verb} {', '.join(f'#{f}' for f in feats)} × {iv.strength:g}{unit}{where}"
+    return f"{verb} {', '.join(f'#{f}' for f in feats)} × {fmt(iv.strength)}{unit}{where}"
 
 
 def render_steer(s) -> str:
@@ -283,7 +284,8 @@ def render_eval(e) -> str:
             f'<div class="ssc-m">{int(e.tokens)} tokens in {int(e.contexts)} contexts of {int(e.context_size)}'
             f'{", BOS/special tokens excluded" if e.exclude_bos else ""}; d_sae {int(e.d_sae)}; '
             f"{fmt(e.seconds)} s</div>")
-    rows = [[esc(group), esc(name), fmt(getattr(e, key))] for group, items in _EVAL_ROWS for name, key in items]
+    rows = [[esc(group) if j == 0 else "", esc(name), fmt(getattr(e, key))]
+            for group, items in _EVAL_ROWS for j, (name, key) in enumerate(items)]
     return wrap("eval", head + table(["", "metric", "value"], rows))
 
 
