@@ -1,4 +1,4 @@
-"""The HTML views of the result objects (``_repr_html_``, ``saescope.interp.display``): well-formed, every string
+"""The HTML views of the result objects (``_repr_html_``, ``saescope.display``): well-formed, every string
 escaped, the result's numbers present, no external resource, the only links Neuronpedia's."""
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def has_number(text: str, value: float, rel: float = 1e-3) -> bool:
 
 
 def shown(token: str) -> str:
-    """A token as the views draw it (documented in saescope.interp.display): newlines and tabs visible."""
+    """A token as the views draw it (documented in saescope.display): newlines and tabs visible."""
     return token.replace("\r", "␍").replace("\n", "⏎").replace("\t", "⇥")
 
 
@@ -315,3 +315,17 @@ def test_only_neuronpedia_links_and_no_external_resources(tiny):
             assert "url(" not in (el[1].get("style") or "") and "@import" not in html
         for m in re.finditer(r"(?:https?:)?//[\w.-]+", html):
             assert m.group(0) == "https://www.neuronpedia.org", m.group(0)
+
+
+def test_display_is_a_base_module():
+    """interp and evals both call it, so it imports nothing of saescope (tests/test_architecture.py skips base modules)."""
+    import ast
+
+    import saescope.display as display
+
+    tree = ast.parse(open(display.__file__, encoding="utf-8").read())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert all(m.split(".")[0] in ("html", "math", "__future__") for m in imported), imported
+    from saescope.interp.feature import NEURONPEDIA
+    assert NEURONPEDIA == display.NEURONPEDIA == "https://www.neuronpedia.org"

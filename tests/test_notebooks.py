@@ -26,7 +26,7 @@ NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 CELL_TIMEOUT = 300
 MAX_BYTES = 20_000
 
-# notebook -> the views (``ssc-<kind>`` classes of saescope.interp.display) and other outputs it must show
+# notebook -> the views (``ssc-<kind>`` classes of saescope.display) and other outputs it must show
 EXPECTED = {
     "01_mind_reading": {"views": {"read", "tokenstats", "trace", "eval"}},
     "02_mind_control": {"views": {"steer"}, "min_views": 11, "text": "samples with 'God'"},

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .. import display
 from ..errors import ConfigError, InputError
 from ..progress import progress
 from ..site import attach, check_finite, sae_name
@@ -103,8 +104,7 @@ class EvalResult:
         return out
 
     def _repr_html_(self) -> str:
-        from ..interp.display import render_eval   # the one module of HTML views; imported only when shown
-        return render_eval(self)
+        return display.render_eval(self)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import display
 from ..errors import InputError
 from ..site import Readout, attach, check_finite, load_labels, single_token_id
-from . import display
 
 log = logging.getLogger(__name__)
 

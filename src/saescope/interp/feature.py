@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import display
 from ..site import LENS, attach, load_labels
 from ..site import logit_lens as _lens
-from . import display
 
 log = logging.getLogger(__name__)
 
-NEURONPEDIA = "https://www.neuronpedia.org"
+NEURONPEDIA = display.NEURONPEDIA
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import display
 from ..errors import InputError
 from ..site import attach, load_labels, single_token_id
-from . import display
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import display
 from .._checks import check_positions
 from ..errors import InputError
 from ..sae import SparseCode
 from ..site import attach, check_feature
-from . import display
 
 log = logging.getLogger(__name__)
 

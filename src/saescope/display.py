@@ -7,6 +7,9 @@ viewer that drops ``<style>`` still shows the numbers. No script, no CDN, no ext
 that comes from a result (tokens, labels, texts, hook names) goes through ``html.escape`` with quotes, in text
 and in attributes alike. The only links are a feature's Neuronpedia page (``https://www.neuronpedia.org/...``).
 
+A base module (like ``progress``): it imports nothing of saescope and reads the results by their attributes, so
+``interp`` and ``evals`` both use it without crossing a layer.
+
 Numbers are written with 4 significant digits (``fmt``); NaN (a metric that was not computed) as an em dash.
 Tokens are shown as the result holds them, with newlines and tabs drawn as ``⏎`` and ``⇥``.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import html
 import math
+
+NEURONPEDIA = "https://www.neuronpedia.org"     # feature pages: the only links the views make
 
 MAX_TABLE_ROWS = 512            # read / trace tables: longer texts are cut (the token row still shows every token)
 OPEN_TABLE_ROWS = 40            # tables up to this many rows start unfolded
@@ -218,8 +223,6 @@ def render_attribution(a, top: int = TOP_BARS) -> str:
 # --------------------------------------------------------------------------------------------- feature.py
 def neuronpedia_link(url) -> str:
     """A link only for a Neuronpedia page; anything else is shown as text."""
-    from .feature import NEURONPEDIA
-
     if not url:
         return '<span class="ssc-m">no Neuronpedia page (the SAE\'s metadata has no neuronpedia_id)</span>'
     if not str(url).startswith(NEURONPEDIA + "/"):
