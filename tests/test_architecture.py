@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
-BASE = {"errors", "_io", "_checks", "_config", "_version", "progress", "assets", "__main__", "__init__"}
+BASE = {"errors", "_io", "_checks", "_config", "_version", "progress", "display", "assets", "__main__", "__init__"}
 
 # package -> the saescope packages it may import (besides itself and the base modules)
 ALLOWED = {

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .. import display
 from ..errors import ConfigError, InputError
 from ..progress import progress
 from ..plan import fitting_batch_size
@@ -102,6 +103,9 @@ class EvalResult:
                 value = None
             out[f.name] = value
         return out
+
+    def _repr_html_(self) -> str:
+        return display.render_eval(self)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import display
 from ..errors import InputError
 from ..site import Readout, attach, check_finite, load_labels, single_token_id
 
@@ -103,6 +104,9 @@ class Attribution:
                 "position": self.position, "target": self.target, "target_id": self.target_id, "value": self.value,
                 "features": [f.to_dict() for f in feats], "error": self.error, "bias": self.bias, "rest": self.rest,
                 "constant": self.constant, "total": self.total, "residual": self.residual, **self.extra}
+
+    def _repr_html_(self) -> str:
+        return display.render_attribution(self)
 
 
 def _position(pos: int, n: int) -> int:

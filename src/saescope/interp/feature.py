@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import display
 from ..site import LENS, attach, load_labels
 from ..site import logit_lens as _lens
 
 log = logging.getLogger(__name__)
 
-NEURONPEDIA = "https://www.neuronpedia.org"
+NEURONPEDIA = display.NEURONPEDIA
 
 
 @dataclass
@@ -43,6 +44,9 @@ class FeatureInfo:
                 "logit_lens": LENS if self.promoted else None, "logit_lens_note": self.logit_lens_note,
                 "contexts": self.contexts, "contexts_note": self.contexts_note, "density": self.density,
                 "decoder_norm": self.decoder_norm, **self.extra}
+
+    def _repr_html_(self) -> str:
+        return display.render_feature_info(self)
 
 
 def neuronpedia_url(sae, index: int) -> str | None:

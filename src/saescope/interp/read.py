@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import display
 from ..errors import InputError
 from ..site import attach, load_labels, single_token_id
 
@@ -64,6 +65,9 @@ class ReadResult:
         return {"text": self.text, "hook": self.hook, "prepend_bos": self.prepend_bos, "mean_l0": self.mean_l0,
                 "percent_active": self.percent_active, "tokens": [t.to_dict() for t in self.tokens]}
 
+    def _repr_html_(self) -> str:
+        return display.render_read(self)
+
 
 @dataclass
 class Trace:
@@ -78,6 +82,9 @@ class Trace:
         return {"text": self.text, "hook": self.hook, "tokens": self.tokens,
                 "features": [{"index": i, "label": self.labels.get(i),
                               "activations": self.activations[:, j].tolist()} for j, i in enumerate(self.features)]}
+
+    def _repr_html_(self) -> str:
+        return display.render_trace(self)
 
 
 @dataclass
@@ -99,6 +106,9 @@ class TokenFeatureStats:
     def to_dict(self) -> dict:
         return {"token": self.token, "token_id": self.token_id, "occurrences": self.occurrences, "texts": self.texts,
                 "features": [vars(f) for f in self.features]}
+
+    def _repr_html_(self) -> str:
+        return display.render_token_stats(self)
 
 
 def _as_list(texts) -> list[str]:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import display
 from .._checks import check_positions
 from ..errors import InputError
 from ..sae import SparseCode
@@ -292,6 +293,9 @@ class SteerResult:
                 "interventions": [iv.to_dict() for iv in self.interventions], "seed": self.seed,
                 "temperature": self.temperature, "top_p": self.top_p, "max_new_tokens": self.max_new_tokens,
                 "baseline_ids": self.baseline_ids, "steered_ids": self.steered_ids}
+
+    def _repr_html_(self) -> str:
+        return display.render_steer(self)
 
 
 def check_generation_args(max_new_tokens, temperature, top_p, seed) -> None:
