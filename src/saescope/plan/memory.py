@@ -148,11 +148,16 @@ def stats_state_bytes(d_sae: int, top_k: int = 16, window: int = 8, reservoir: i
     return d_sae * per
 
 
-def stats_update_bytes(d_sae: int, top_k: int = 16, window: int = 8, reservoir: int = 32) -> int:
+def stats_update_bytes(d_sae: int, top_k: int = 16, window: int = 8, reservoir: int = 32,
+                       active: int | None = None) -> int:
     """Transient of one ``StatsAccumulator.update``: context windows (int64 [candidates, 2 window + 1]) gathered
-    for up to d_sae x max(top_k, reservoir) candidates (every feature's empty slots on the first batch), about
-    seven such tensors at once (measured with PyTorch's profiler)."""
-    return 7 * d_sae * max(top_k, reservoir) * (2 * window + 1) * 8
+    for the batch's candidates that enter a feature's top-k or reservoir, about seven such tensors at once
+    (measured with PyTorch's profiler). Candidates: at most d_sae x max(top_k, reservoir), and at most the
+    batch's active entries ``active`` when known (a TopK SAE: tokens x k)."""
+    candidates = d_sae * max(top_k, reservoir)
+    if active is not None:
+        candidates = min(candidates, 2 * active)        # the top-k and the reservoir draw from the same entries
+    return 7 * candidates * (2 * window + 1) * 8
 
 
 def task_items(task: str, m: ModelShape | None, s: SAEShape, size: int, T: int, bm: int, bs: int,
@@ -174,7 +179,7 @@ def task_items(task: str, m: ModelShape | None, s: SAEShape, size: int, T: int, 
     items["SAE activations"] = int(SAE_COPIES[task] * N * s.d_sae * bs) + 2 * N * s.d_in * 4
     if task == "stats":
         items["statistics state"] = stats_state_bytes(s.d_sae)
-        items["statistics update"] = stats_update_bytes(s.d_sae)
+        items["statistics update"] = stats_update_bytes(s.d_sae, active=N * s.k if s.k else None)
     return items
 
 
