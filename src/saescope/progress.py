@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tqdm.auto import tqdm
+from tqdm import tqdm   # the text bar everywhere: tqdm.auto needs ipywidgets in Jupyter, and warns without it
 
 
 def progress_enabled() -> bool:

@@ -1,4 +1,5 @@
-"""PNG plots of evaluation results (matplotlib, Agg backend; written atomically)."""
+"""PNG plots of evaluation results (matplotlib figures drawn without pyplot, so an interactive session's backend is
+left alone; written atomically)."""
 from __future__ import annotations
 
 import os
@@ -34,49 +35,39 @@ def plot_l0_vs_ev(results: Sequence[Any], path: str | os.PathLike, labels: Seque
     """Scatter of L0 (x, log scale) against explained variance (y) for several SAEs, one labelled point each.
 
     ``results``: `EvalResult`s or their ``to_dict()``s; ``labels`` default to each result's ``sae`` name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if not results:
         raise InputError("plot_l0_vs_ev: no results to plot")
     labels = list(labels) if labels is not None else [str(_get(r, "sae")) for r in results]
     xs = [float(_get(r, "l0")) for r in results]
     ys = [float(_get(r, "explained_variance")) for r in results]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    try:
-        ax.scatter(xs, ys, zorder=3)
-        for x, y, label in zip(xs, ys, labels):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if all(x > 0 for x in xs):
-            ax.set_xscale("log")
-        ax.set_xlabel("L0 (mean active features per token)")
-        ax.set_ylabel("explained variance")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    ax.scatter(xs, ys, zorder=3)
+    for x, y, label in zip(xs, ys, labels):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if all(x > 0 for x in xs):
+        ax.set_xscale("log")
+    ax.set_xlabel("L0 (mean active features per token)")
+    ax.set_ylabel("explained variance")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_density_histogram(result: Any, path: str | os.PathLike, title: str | None = None) -> Path:
     """Bar plot of the log10 feature-density histogram of one `EvalResult` (dead features noted in the title)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     hist = _get(result, "density_histogram")
     hist = hist if isinstance(hist, dict) else hist.to_dict()
     edges, counts = hist["edges"], hist["counts"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
-        widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
-        ax.bar(edges[:-1], counts, width=widths, align="edge")
-        ax.set_xlabel("log10(feature density)")
-        ax.set_ylabel("features")
-        ax.set_title(title or f"Feature density ({hist['dead']} dead)")
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    ax.bar(edges[:-1], counts, width=widths, align="edge")
+    ax.set_xlabel("log10(feature density)")
+    ax.set_ylabel("features")
+    ax.set_title(title or f"Feature density ({hist['dead']} dead)")
+    return _save(fig, path)
