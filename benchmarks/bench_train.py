@@ -85,7 +85,7 @@ def relu_sparse_regime(data, d_sae, B, steps, density=0.01) -> tuple[float, floa
 
     from saescope.train import TrainConfig
     from saescope.train.losses import TrainableSAE
-    from saescope.train.trainer import _adam
+    from saescope.train.monitor import adam as _adam
 
     d_in = data.shape[1]
     cfg = TrainConfig(architecture="relu", d_sae=d_sae, batch_size=B, apply_b_dec_to_input=True)

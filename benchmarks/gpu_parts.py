@@ -175,7 +175,7 @@ def _steps(step, seconds: float, at_least: int = 3) -> list[float]:
 def _train_saescope(data, S, dev):
     from saescope.train import TrainConfig
     from saescope.train.losses import TrainableSAE
-    from saescope.train.trainer import _adam
+    from saescope.train.monitor import adam as _adam
 
     B = S["train_batch"]
     cfg = TrainConfig(architecture="topk", d_sae=S["d_sae"], k=S["k"], batch_size=B)

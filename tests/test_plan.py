@@ -167,7 +167,7 @@ def test_estimate_bounds_the_measured_peak(task, gpt2_dir):
 def test_train_estimate_bounds_the_measured_peak():
     from saescope.train import TrainConfig
     from saescope.train.losses import TrainableSAE
-    from saescope.train.trainer import _adam
+    from saescope.train.monitor import adam as _adam
 
     d_in, d_sae, B = 64, 16384, 1024
     x = torch.randn(B, d_in, generator=torch.Generator().manual_seed(0))

@@ -1,11 +1,6 @@
 """The SAE training loop: ``train_sae(source, config, out_dir=None, resume=False) -> SAE``.
 
-Sources:
-  * a tensor / numpy array ``[N, d_in]`` (also a ``np.memmap``), a ``.npy`` or ``.safetensors`` file path,
-    or an ``ActivationCache`` (object or directory) -- read in a seeded per-epoch permutation, so the data
-    position is a pure function of the step and resume is exact;
-  * ``(lm, hook, dataset_or_texts)`` or an ``ActivationStream`` -- activations computed on the fly
-    (on resume the stream restarts with a step-dependent seed: training continues, but not bit-exactly).
+The source (an array, a cache, a file, or a model + hook + texts) is resolved by ``sources.resolve_source``.
 
 Each step: drop (and count) non-finite rows, scale by the normalisation factor, compute the loss of the
 architecture (``losses.TrainableSAE``), average gradients over ranks, clip, Adam with warm-up/decay, optional
@@ -21,9 +16,8 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
 
 from .._version import __version__
@@ -32,216 +26,20 @@ from ..progress import progress
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from .config import TrainConfig
+from .export import build_sae, sae_class, write_sparsity
 from .losses import TrainableSAE, geometric_median
+from .monitor import adam, lr_at, maybe_wandb, metrics_row
+from .sources import StreamSource, resolve_source
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# sources
-class _ArraySource:
-    """Rows of an ``[N, d_in]`` array in a seeded per-epoch permutation."""
-
-    exact_resume = True
-
-    def __init__(self, array, name: str, seed: int, meta: dict | None = None):
-        self.array = array
-        self.name = name
-        self.seed = seed
-        self.meta = meta or {}
-        shape = tuple(array.shape)
-        if len(shape) != 2 or shape[0] == 0:
-            raise InputError(f"{name}: expected activations of shape [N, d_in] with N > 0, got {list(shape)}")
-        self.n, self.d_in = int(shape[0]), int(shape[1])
-        self._perm_epoch = -1
-        self._perm = None
-
-    def _perm_for(self, epoch: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.n, generator=g)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def indices(self, start: int, count: int) -> torch.Tensor:
-        """Global stream positions [start, start + count) -> row indices."""
-        out = []
-        while count > 0:
-            epoch, off = divmod(start, self.n)
-            take = min(count, self.n - off)
-            out.append(self._perm_for(epoch)[off:off + take])
-            start += take
-            count -= take
-        return torch.cat(out)
-
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        idx, _ = idx.sort()  # locality for memory-mapped arrays; the loss is order-independent
-        a = self.array
-        if isinstance(a, torch.Tensor):
-            return a[idx]
-        if hasattr(a, "take_rows"):
-            return a.take_rows(idx.numpy())
-        return torch.from_numpy(np.ascontiguousarray(a[idx.numpy()]))
-
-    def batch(self, step: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
-        idx = self.indices(step * batch_size, batch_size)
-        per = batch_size // world
-        return self.take(idx[rank * per:(rank + 1) * per])
-
-    def sample(self, n: int) -> torch.Tensor:
-        return self.take(self.indices(0, min(n, self.n)))
-
-
-class _StreamSource:
-    """Batches from an ActivationStream, re-cut to exactly ``batch_size`` rows (each rank keeps its slice)."""
-
-    exact_resume = False
-
-    def __init__(self, make_stream: Callable[[int], Any], d_in: int, name: str, seed: int, meta: dict):
-        self.make_stream = make_stream
-        self.d_in = d_in
-        self.name = name
-        self.seed = seed
-        self.meta = meta
-        self.n = None
-        self._it = None
-        self._rest = torch.empty(0, d_in)
-        self._pending: list[torch.Tensor] = []
-
-    def start(self, step: int) -> None:
-        self._it = iter(self.make_stream(self.seed + 7919 * step))
-        self._rest = torch.empty(0, self.d_in)
-
-    def _next(self, batch_size: int) -> torch.Tensor:
-        if self._pending:
-            return self._pending.pop(0)
-        chunks, have = [self._rest], self._rest.shape[0]
-        while have < batch_size:
-            try:
-                chunk = next(self._it)
-            except StopIteration:
-                raise InputError(f"{self.name}: the dataset ran out of tokens; lower --tokens or use more text") from None
-            if chunk.shape[-1] != self.d_in:
-                raise InputError(f"{self.name}: activation width {chunk.shape[-1]} differs from d_in {self.d_in}")
-            chunks.append(chunk.reshape(-1, self.d_in).float().cpu())
-            have += chunks[-1].shape[0]
-        x = torch.cat(chunks)
-        self._rest = x[batch_size:]
-        return x[:batch_size]
-
-    def batch(self, step: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
-        x = self._next(batch_size)
-        per = x.shape[0] // world
-        return x[rank * per:(rank + 1) * per]
-
-    def sample(self, n: int) -> torch.Tensor:
-        """The first training batches (kept, and trained on first) until ``n`` rows are seen."""
-        got, total = [], 0
-        while total < n:
-            x = self._next(self._batch_size)
-            got.append(x)
-            total += x.shape[0]
-        self._pending = list(got)
-        return torch.cat(got)[:n]
-
-
-def _load_array_file(path: Path):
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{path}: not a readable .npy array ({exc})") from None
-    if suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-                if not keys:
-                    raise InputError(f"{path}: holds no tensor")
-                key = "activations" if "activations" in keys else keys[0]
-                if len(keys) > 1 and key != "activations":
-                    raise InputError(f"{path}: holds {len(keys)} tensors; name the activations 'activations'")
-                return f.get_tensor(key)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable .safetensors file ({type(exc).__name__})") from None
-    raise InputError(f"{path}: unsupported activations file; use .npy, .safetensors or an activation cache directory")
-
-
-def _resolve_source(source, cfg: TrainConfig, batch_size: int):
-    from ..data.activations import ActivationCache, ActivationStream
-
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"{path}: no such activations file or directory")
-        if path.is_dir():
-            source = ActivationCache.open(path)
-        else:
-            return _ArraySource(_load_array_file(path), str(path), cfg.seed, {"activations": str(path)})
-    if isinstance(source, ActivationCache):
-        meta = {k: v for k, v in source.meta.items() if k in ("model", "hook", "dataset", "context_size", "prepend_bos")}
-        meta["activations"] = str(source.path)
-        return _ArraySource(source, str(source.path), cfg.seed, meta)
-    if isinstance(source, torch.Tensor):
-        return _ArraySource(source.detach(), "activations tensor", cfg.seed)
-    if isinstance(source, np.ndarray):
-        return _ArraySource(source, "activations array", cfg.seed)
-    if isinstance(source, ActivationStream):
-        stream = source
-        meta = {"model": getattr(stream.lm, "name", None), "hook": stream.hook}
-        src = _StreamSource(lambda seed: stream, stream.d_in, "activation stream", cfg.seed, meta)
-        src._batch_size = batch_size
-        return src
-    if isinstance(source, tuple) and len(source) == 3:
-        lm, hook, dataset = source
-        return _stream_from_model(lm, hook, dataset, cfg, batch_size)
-    raise InputError(f"unsupported training source of type {type(source).__name__}; pass an [N, d_in] tensor/array, "
-                     f"a .npy/.safetensors path, an ActivationCache, or (lm, hook, dataset)")
-
-
-def _stream_from_model(lm, hook, dataset, cfg: TrainConfig, batch_size: int):
-    from ..data.activations import ActivationStream, _hook_width
-    from ..data.text import iter_texts, token_contexts
-
-    d_in = _hook_width(lm, hook)
-    name = dataset if isinstance(dataset, str) else "texts"
-
-    def make(seed):
-        texts = iter_texts(dataset, split=cfg.dataset_split, column=cfg.dataset_column) if isinstance(dataset, str) \
-            else iter(dataset)
-        contexts = token_contexts(lm, texts, cfg.context_size, prepend_bos=cfg.prepend_bos, seed=seed)
-        return ActivationStream(lm, hook, contexts, batch_size=batch_size, buffer_tokens=cfg.buffer_tokens, seed=seed,
-                                exclude_special=cfg.exclude_special, harvest_batch_size=cfg.harvest_batch_size)
-
-    meta = {"model": getattr(lm, "name", None), "hook": hook, "dataset": name, "context_size": cfg.context_size,
-            "prepend_bos": cfg.prepend_bos}
-    src = _StreamSource(make, d_in, name, cfg.seed, meta)
-    src._batch_size = batch_size
-    return src
-
-
-# ---------------------------------------------------------------------------------------------------------
 @dataclass
 class _RunState:
     step: int = 0
     scale: float = 1.0
     nonfinite: int = 0
     density_tokens: int = 0
-
-
-def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
-    """Linear warm-up from lr/10 over lr_warmup_steps, then constant, then linear decay to 0."""
-    f = 1.0
-    if cfg.lr_warmup_steps > 0 and step < cfg.lr_warmup_steps:
-        f = 0.1 + 0.9 * step / cfg.lr_warmup_steps
-    decay_steps = int(round(cfg.lr_decay_fraction * total))
-    if decay_steps > 0 and step >= total - decay_steps:
-        f *= (total - step) / decay_steps
-    return cfg.lr * f
 
 
 def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
@@ -266,40 +64,6 @@ def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
     if any(out_dir.iterdir()):
         raise InputError(f"{out_dir}: is not empty and holds no saescope training run; choose an empty or new --out")
     return False
-
-
-def _sae_class():
-    from ..sae import SAE, SAEConfig, SAEMetadata
-
-    return SAE, SAEConfig, SAEMetadata
-
-
-def build_sae(model: TrainableSAE, cfg: TrainConfig, scale: float, meta: dict, extra: dict,
-              log_density: torch.Tensor | None):
-    """Export the trained parameters as an ``saescope.sae.SAE`` in raw activation space."""
-    SAE, SAEConfig, SAEMetadata = _sae_class()
-    tensors = model.export_tensors(scale)
-    arch = {"batchtopk": "jumprelu"}.get(cfg.architecture, cfg.architecture)
-    sae_cfg = SAEConfig(
-        architecture=arch, d_in=model.d_in, d_sae=model.d_sae,
-        k=cfg.k if arch == "topk" else None,
-        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
-        metadata=SAEMetadata(model_name=meta.get("model"), hook_name=meta.get("hook"),
-                             prepend_bos=bool(meta.get("prepend_bos", cfg.prepend_bos)),
-                             context_size=meta.get("context_size", cfg.context_size),
-                             dataset_path=meta.get("dataset"), extra={"training": extra}),
-    )
-    sae = SAE.from_state_dict(sae_cfg, tensors, source="trained SAE")
-    if log_density is not None:
-        sae.log_sparsity = log_density.float().cpu()
-    return sae
-
-
-def _write_sparsity(out_dir: Path, log_density: torch.Tensor) -> None:
-    from safetensors.torch import save as st_save
-
-    data = st_save({"sparsity": log_density.float().cpu().contiguous()})
-    ckpt.atomic_write_bytes(out_dir / "sparsity.safetensors", lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,13 +92,13 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         resuming = _check_out_dir(out, cfg, resume)  # every rank checks (same filesystem); only rank 0 writes
         ddp.barrier()
 
-    src = _resolve_source(source, cfg, cfg.batch_size)
+    src = resolve_source(source, cfg, cfg.batch_size)
     d_in = src.d_in
     total = cfg.total_steps
     gen = torch.Generator().manual_seed(cfg.seed)
     model = TrainableSAE(cfg, d_in, gen, device=device)
     params = [p for p in model.parameters()]
-    opt = _adam(params, cfg, device)
+    opt = adam(params, cfg, device)
     st = _RunState()
     d_sae = model.d_sae
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
@@ -355,7 +119,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                        density_tokens=int(state["density_tokens"]))
         if state.get("done") and (out / "cfg.json").exists():
             log.info("%s: run already finished; loading the saved SAE", out)
-            SAE, _, _ = _sae_class()
+            SAE, _, _ = sae_class()
             ddp.barrier()
             return SAE.load(out)
         if not src.exact_resume:
@@ -365,7 +129,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     else:
         if resuming:
             log.info("%s: no checkpoint yet; starting the run from the beginning", out)
-        if isinstance(src, _StreamSource):
+        if isinstance(src, StreamSource):
             src.start(0)
         sample = src.sample(min(cfg.init_sample_tokens, cfg.total_tokens)).to(device=device, dtype=torch.float32)
         sample = sample[torch.isfinite(sample).all(1)]
@@ -383,7 +147,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             elif cfg.b_dec_init == "mean":
                 model.b_dec.copy_(sample.mean(0))
         del sample
-    if isinstance(src, _StreamSource) and st.step > 0:
+    if isinstance(src, StreamSource) and st.step > 0:
         src.start(st.step)
 
     if out is not None and main:
@@ -393,7 +157,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         ckpt.truncate_metrics(metrics_path, st.step)
     ddp.barrier()
 
-    wandb_run = _maybe_wandb(cfg) if main else None
+    wandb_run = maybe_wandb(cfg) if main else None
     metrics_file = open(out / ckpt.METRICS_FILE, "a", encoding="utf-8") if (out is not None and main) else None
 
     def save_checkpoint(done: bool = False) -> None:
@@ -429,7 +193,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                     raise NumericsError(f"{src.name}: a whole batch (step {step}) is NaN/inf; check the activations")
             x = x * st.scale
             dead = (since_fired >= dead_limit) if uses_aux else None
-            lr = _lr_at(cfg, step, total)
+            lr = lr_at(cfg, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
             out_step = model.loss(x, dead, l1_scale=min(1.0, (step + 1) / l1_warm))
@@ -477,7 +241,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
 
             row: dict = {}
             if st.step % cfg.log_every == 0 or st.step == total:
-                row = _metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total)
+                row = metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total)
                 last_metrics = row
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(row) + "\n")
@@ -523,7 +287,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     if out is not None and main:
         sae.save(out)
         if not (out / "sparsity.safetensors").exists():
-            _write_sparsity(out, log_density)
+            write_sparsity(out, log_density)
         save_checkpoint(done=True)
         if cfg.plots:
             try:
@@ -536,56 +300,6 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         wandb_run.finish()
     ddp.barrier()
     return sae
-
-
-def _metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total) -> dict:
-    with torch.no_grad():
-        err = (x - out_step.x_hat)
-        sums = torch.stack([err.pow(2).sum(), x.pow(2).sum()]).double()
-        xsum = x.sum(0).double()
-        n = torch.tensor([float(x.shape[0])], dtype=torch.float64, device=device)
-        packed = torch.cat([sums, xsum, n, torch.tensor([float(out_step.loss), out_step.l0], dtype=torch.float64,
-                                                          device=device)])
-        if world > 1:
-            ddp.all_reduce_sum_(packed)
-        d = x.shape[1]
-        sse, sq = packed[0], packed[1]
-        xs = packed[2:2 + d]
-        n_all = packed[2 + d]
-        loss_sum, l0_sum = packed[3 + d] / world, packed[4 + d] / world
-        total_var = sq - xs.pow(2).sum() / n_all
-        ev = 1.0 - float(sse / total_var.clamp_min(1e-12))
-    row = {"step": st.step, "tokens": st.step * cfg.batch_size, "lr": lr, "loss": float(loss_sum),
-           "l0": float(l0_sum), "explained_variance": ev, "mse": float(sse / n_all),
-           "dead_fraction": float((since_fired >= cfg.dead_after_tokens).float().mean())}
-    for key, value in out_step.parts.items():
-        if key != "mse":
-            row[key] = value
-    if cfg.ortho_every and (st.step % cfg.ortho_every == 0 or st.step == total):
-        row["decoder_orthogonality"] = model.decoder_orthogonality(seed=cfg.seed)
-    if st.nonfinite:
-        row["nonfinite_rows_skipped"] = st.nonfinite
-    return row
-
-
-def _adam(params, cfg: TrainConfig, device: torch.device):
-    """Adam; the fused kernel where available (several times faster than foreach on CPU for big matrices)."""
-    kw = dict(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    try:
-        return torch.optim.Adam(params, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, **kw)
-
-
-def _maybe_wandb(cfg: TrainConfig):
-    if not cfg.wandb_project:
-        return None
-    try:
-        import wandb  # type: ignore
-    except ImportError:
-        log.warning("wandb_project is set but wandb is not installed; logging to metrics.jsonl only")
-        return None
-    return wandb.init(project=cfg.wandb_project, config=cfg.to_dict())
 
 
 def train_from_config(cfg: TrainConfig, activations=None, out_dir=None, resume: bool = False):
