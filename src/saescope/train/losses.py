@@ -9,17 +9,20 @@ E||x|| = sqrt(d_in)); the scale is folded back into the exported SAE. The encode
     topk       f = relu(TopK_k(pre));             L = ||x - x_hat||^2 + aux * AuxK   (sparse fast path)
     batchtopk  f = relu(TopK_{k*B}(pre over the batch)); same loss; threshold = EMA of the smallest kept value
     jumprelu   f = pre * H(pre - theta);          L = ||x - x_hat||^2 + l0 * sum_i H(pre_i - theta_i)
-               (theta = exp(log_threshold); straight-through rectangle-kernel gradients for theta)
+               (straight-through rectangle-kernel gradients for theta, Rajamanoharan et al. 2024; theta is a
+               parameter kept >= 0 after each step, not exp(log theta): Adam moves a parameter by ~lr per step,
+               so a log parameter barely moves a threshold in a short run); with jumprelu_sparsity_loss="tanh"
+               the penalty is sum_i tanh(c f_i ||W_dec_i||) instead (Anthropic, 2025)
     gated      pi = x_in W_enc + b_gate, mag = x_in (W_enc * exp(r_mag)) + b_mag, f = 1[pi > 0] relu(mag)
                L = ||x - x_hat||^2 + l1 * sum_i relu(pi_i) ||W_dec_i|| + ||x - (relu(pi) W_dec' + b_dec')||^2 (' = detached)
 
+The penalties are multiplied by ``coef_scale`` (warm-up, or the target-L0 controller of ``sparsity.py``).
 with ``x_hat = f @ W_dec + b_dec``; squared errors are summed over d_in and averaged over the batch.
 AuxK (Gao et al. 2024): the top ``aux_k`` pre-activations among dead latents reconstruct the residual
 ``x - x_hat`` (detached), scaled by min(n_dead / aux_k, 1).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -97,8 +100,8 @@ class TrainableSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
         if self.arch == "jumprelu":
-            self.log_threshold = nn.Parameter(
-                torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=dtype, device=device))
+            self.threshold = nn.Parameter(
+                torch.full((d_sae,), float(cfg.jumprelu_init_threshold), dtype=dtype, device=device))
         if self.arch == "gated":
             self.r_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
             self.b_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
@@ -114,7 +117,8 @@ class TrainableSAE(nn.Module):
         return torch.addmm(self.b_enc, x_in, self.W_enc_T.t())
 
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None, l1_scale: float = 1.0) -> StepOutput:
-        """x [B, d_in] (normalised); dead [d_sae] bool or None; l1_scale in [0, 1] (warm-up)."""
+        """x [B, d_in] (normalised); dead [d_sae] bool or None; l1_scale multiplies the configured sparsity
+        coefficient (warm-up, or the target-L0 controller)."""
         if self.arch in ("topk", "batchtopk"):
             return self._loss_sparse(x, dead)
         return self._loss_dense(x, l1_scale)
@@ -204,11 +208,14 @@ class TrainableSAE(nn.Module):
             loss = mse + cfg.l1_coefficient * l1_scale * l1
             parts["l1"] = float(l1.detach())
         elif self.arch == "jumprelu":
-            theta = self.log_threshold.exp()
+            theta = self.threshold
             f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
             x_hat = f @ self.W_dec + self.b_dec
             mse = (x_hat - x).pow(2).sum(-1).mean()
-            l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum(-1).mean()
+            if cfg.jumprelu_sparsity_loss == "tanh":
+                l0_pen = torch.tanh(cfg.jumprelu_tanh_scale * f * dec_norms).sum(-1).mean()
+            else:
+                l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum(-1).mean()
             loss = mse + cfg.l0_coefficient * l1_scale * l0_pen
             parts["l0_penalty"] = float(l0_pen.detach())
         elif self.arch == "gated":
@@ -275,6 +282,12 @@ class TrainableSAE(nn.Module):
         return n
 
     @torch.no_grad()
+    def project(self) -> None:
+        """After an optimiser step: keep JumpReLU thresholds >= 0 (projected, so no gradient is ever cut)."""
+        if self.arch == "jumprelu":
+            self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
     def renormalize_decoder(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -317,7 +330,7 @@ class TrainableSAE(nn.Module):
             "b_dec": (self.b_dec / scale).clone(),
         }
         if self.arch == "jumprelu":
-            t["threshold"] = self.log_threshold.exp().clone()
+            t["threshold"] = self.threshold.clone()
         elif self.arch == "batchtopk":
             thr = max(float(self.batch_threshold), 0.0)
             t["threshold"] = torch.full_like(self.b_enc, thr)
