@@ -3,6 +3,7 @@ auxiliary loss against SAELens's own code, the run's one-line warnings, the defa
 training-curve tick labels that do not collide."""
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -66,7 +67,8 @@ def test_fixed_coefficient_without_target_and_default_target_is_k(data):
 
 
 def test_jumprelu_ste_matches_saelens_and_has_the_right_sign():
-    """Our straight-through estimators give SAELens's gradients, and raising a threshold lowers the L0 penalty."""
+    """Our straight-through estimators give SAELens's gradients (threshold only, and passed to the input too),
+    and raising a threshold lowers the L0 penalty."""
     from sae_lens.saes.jumprelu_sae import JumpReLU as TheirJumpReLU
     from sae_lens.saes.jumprelu_sae import Step as TheirStep
 
@@ -75,9 +77,9 @@ def test_jumprelu_ste_matches_saelens_and_has_the_right_sign():
     theta = (torch.rand(16, generator=g, dtype=torch.float64) * 0.5 + 0.1)
     upstream = torch.randn(64, 16, generator=g, dtype=torch.float64)
     eps = 0.3
-    for ours, theirs in ((_Step, TheirStep), (_JumpReLU, TheirJumpReLU)):
+    for (ours, theirs), to_input in itertools.product(((_Step, TheirStep), (_JumpReLU, TheirJumpReLU)), (False, True)):
         grads = []
-        for fn in (lambda p, t: ours.apply(p, t, eps), lambda p, t: theirs.apply(p, t, eps, False)):
+        for fn in (lambda p, t: ours.apply(p, t, eps, to_input), lambda p, t: theirs.apply(p, t, eps, to_input)):
             p, t = pre.clone().requires_grad_(), theta.clone().requires_grad_()
             (fn(p, t) * upstream).sum().backward()
             grads.append((p.grad if p.grad is not None else torch.zeros_like(p), t.grad))

@@ -47,11 +47,12 @@ class TrainConfig:
     l1_warmup_fraction: float = 0.05    # fixed-coefficient runs (target_l0 = 0): linear warm-up of the penalty
     l0_coefficient: float = 1.0         # jumprelu: L0 penalty (start value)
     target_l0: float | None = None      # relu / gated / jumprelu: None -> k; 0 -> fixed coefficient (see docstring)
-    target_l0_gain: float = 0.05        # controller step on the log coefficient per unit of log(L0 / target)
+    target_l0_gain: float = 0.02        # controller step on the log coefficient per unit of log(L0 / target)
     jumprelu_bandwidth: float = 0.05    # jumprelu: straight-through estimator kernel width (normalised units)
     jumprelu_init_threshold: float = 0.1  # jumprelu with target_l0 = 0 (else thresholds start from the data)
     jumprelu_sparsity_loss: str = "step"  # jumprelu: step (L0 via the STE, DeepMind) | tanh (Anthropic 2025)
     jumprelu_tanh_scale: float = 4.0    # jumprelu tanh loss: sum_i tanh(scale * f_i * ||W_dec_i||)
+    jumprelu_ste_to_input: bool = True  # jumprelu: pseudo-derivatives reach the encoder too (False: DeepMind's)
     aux_k: int | None = None            # topk / batchtopk: latents in the AuxK loss (None -> d_in // 2)
     aux_coefficient: float = 1 / 32
     dead_after_tokens: int = 1_000_000  # a latent is dead when it has not fired for this many tokens

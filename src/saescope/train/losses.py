@@ -12,7 +12,9 @@ E||x|| = sqrt(d_in)); the scale is folded back into the exported SAE. The encode
                (straight-through rectangle-kernel gradients for theta, Rajamanoharan et al. 2024; theta is a
                parameter kept >= 0 after each step, not exp(log theta): Adam moves a parameter by ~lr per step,
                so a log parameter barely moves a threshold in a short run); with jumprelu_sparsity_loss="tanh"
-               the penalty is sum_i tanh(c f_i ||W_dec_i||) instead (Anthropic, 2025)
+               the penalty is sum_i tanh(c f_i ||W_dec_i||) instead (Anthropic, 2025); with
+               jumprelu_ste_to_input the pseudo-derivatives reach the encoder too (Anthropic), which a short
+               run needs: otherwise only theta, moving ~lr per step, opposes an encoder that grows faster)
     gated      pi = x_in W_enc + b_gate, mag = x_in (W_enc * exp(r_mag)) + b_mag, f = 1[pi > 0] relu(mag)
                L = ||x - x_hat||^2 + l1 * sum_i relu(pi_i) ||W_dec_i|| + ||x - (relu(pi) W_dec' + b_dec')||^2 (' = detached)
 
@@ -49,38 +51,41 @@ def _rect(x: torch.Tensor) -> torch.Tensor:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """f = pre * H(pre - theta): gradient pre -> H, theta -> -(theta/eps) K((pre - theta)/eps) (pseudo-derivative)."""
+    """f = pre * H(pre - theta): gradient pre -> H, theta -> -(theta/eps) K((pre - theta)/eps) (pseudo-derivative);
+    with ``to_input`` the pseudo-derivative also reaches pre (with the opposite sign), and so the encoder."""
 
     @staticmethod
-    def forward(ctx, pre, theta, bandwidth):
+    def forward(ctx, pre, theta, bandwidth, to_input=False):
         ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
         return pre * (pre > theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, g):
         pre, theta = ctx.saved_tensors
         eps = ctx.bandwidth
+        ste = g * ((theta / eps) * _rect((pre - theta) / eps))
         g_pre = g * (pre > theta).to(g.dtype)
-        g_theta = (g * (-(theta / eps) * _rect((pre - theta) / eps))).sum(0)
-        return g_pre, g_theta, None
+        if ctx.to_input:
+            g_pre = g_pre + ste
+        return g_pre, -ste.sum(0), None, None
 
 
 class _Step(torch.autograd.Function):
-    """H(pre - theta): no gradient to pre, theta -> -(1/eps) K((pre - theta)/eps)."""
+    """H(pre - theta): theta -> -(1/eps) K((pre - theta)/eps); pre -> the opposite with ``to_input``, else none."""
 
     @staticmethod
-    def forward(ctx, pre, theta, bandwidth):
+    def forward(ctx, pre, theta, bandwidth, to_input=False):
         ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
         return (pre > theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, g):
         pre, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        g_theta = (g * (-(1.0 / eps) * _rect((pre - theta) / eps))).sum(0)
-        return None, g_theta, None
+        ste = g * ((1.0 / eps) * _rect((pre - theta) / eps))
+        return (ste if ctx.to_input else None), -ste.sum(0), None, None
 
 
 class TrainableSAE(nn.Module):
@@ -209,13 +214,13 @@ class TrainableSAE(nn.Module):
             parts["l1"] = float(l1.detach())
         elif self.arch == "jumprelu":
             theta = self.threshold
-            f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
+            f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input)
             x_hat = f @ self.W_dec + self.b_dec
             mse = (x_hat - x).pow(2).sum(-1).mean()
             if cfg.jumprelu_sparsity_loss == "tanh":
                 l0_pen = torch.tanh(cfg.jumprelu_tanh_scale * f * dec_norms).sum(-1).mean()
             else:
-                l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum(-1).mean()
+                l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input).sum(-1).mean()
             loss = mse + cfg.l0_coefficient * l1_scale * l0_pen
             parts["l0_penalty"] = float(l0_pen.detach())
         elif self.arch == "gated":
