@@ -108,7 +108,7 @@ def train_saelens(arch: str, x: torch.Tensor, args):
             for s in range(steps):
                 yield x[perm[s * B:(s + 1) * B]]
 
-    cfg = SAETrainerConfig(total_training_samples=steps * B, train_batch_size_samples=B, lr=4e-4, device="cpu",
+    cfg = SAETrainerConfig(total_training_samples=steps * B, train_batch_size_samples=B, lr=4e-4, lr_end=4e-5, device="cpu",
                            logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=4)
     t0 = time.perf_counter()
     trained = SAETrainer(cfg, sae, batches()).fit()
@@ -116,7 +116,8 @@ def train_saelens(arch: str, x: torch.Tensor, args):
     with tempfile.TemporaryDirectory() as tmp:
         trained.save_inference_model(tmp)
         ours = SAE.load(tmp)
-    ours.cfg = ours.cfg.replace(metadata={"hook_name": args.hook, "model_name": args.model})
+    ours.cfg = ours.cfg.replace(metadata={"hook_name": args.hook, "model_name": args.model,
+                                                   "prepend_bos": True})
     return ours, seconds, (float(k) if arch in ("topk", "batchtopk", "jumprelu") else None)
 
 
@@ -176,13 +177,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--hook", default="blocks.2.hook_resid_pre")
-    ap.add_argument("--tokens", type=int, default=400_000, help="training activations (one pass)")
-    ap.add_argument("--eval-tokens", type=int, default=50_000)
-    ap.add_argument("--ce-tokens", type=int, default=16_384, help="held-out tokens for CE loss recovered")
+    ap.add_argument("--tokens", type=int, default=200_000, help="training activations (one pass)")
+    ap.add_argument("--eval-tokens", type=int, default=20_000)
+    ap.add_argument("--ce-tokens", type=int, default=8192, help="held-out tokens for CE loss recovered")
     ap.add_argument("--archs", nargs="+", default=list(ARCHS) + list(EXTRA_ARCHS))
-    ap.add_argument("--expansion", type=int, default=8)
+    ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-saelens", action="store_true")
     ap.add_argument("--threads", type=int, default=None)

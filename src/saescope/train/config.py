@@ -45,9 +45,9 @@ class TrainConfig:
     grad_clip: float = 1.0              # max global grad norm; 0 disables
     l1_coefficient: float = 5.0         # relu / gated: L1 of activations weighted by decoder row norms (start value)
     l1_warmup_fraction: float = 0.05    # fixed-coefficient runs (target_l0 = 0): linear warm-up of the penalty
-    l0_coefficient: float = 1.0         # jumprelu: L0 penalty (start value)
+    l0_coefficient: float = 0.01        # jumprelu: L0 penalty (start value; the controller finds its level)
     target_l0: float | None = None      # relu / gated / jumprelu: None -> k; 0 -> fixed coefficient (see docstring)
-    target_l0_gain: float = 0.02        # controller step on the log coefficient per unit of log(L0 / target)
+    target_l0_gain: float = 0.1         # controller step on the log coefficient per unit of log(L0 / target)
     jumprelu_bandwidth: float = 0.05    # jumprelu: straight-through estimator kernel width (normalised units)
     jumprelu_init_threshold: float = 0.1  # jumprelu with target_l0 = 0 (else thresholds start from the data)
     jumprelu_sparsity_loss: str = "step"  # jumprelu: step (L0 via the STE, DeepMind) | tanh (Anthropic 2025)
@@ -60,7 +60,7 @@ class TrainConfig:
     b_dec_init: str = "geometric_median"  # geometric_median | mean | zeros
     init_sample_tokens: int = 8192      # sample used for b_dec and the normalisation scale
     normalize_activations: bool = True  # scale inputs to E||x|| = sqrt(d_in); folded back at save
-    decoder_init_norm: float | None = None  # None -> 0.1 for relu/gated/jumprelu, 1.0 for topk/batchtopk
+    decoder_init_norm: float | None = None  # None -> 1.0 (unit decoder rows, W_enc = W_dec^T)
     renormalize_decoder: bool | None = None  # unit decoder rows after each step; None -> True for topk/batchtopk
     apply_b_dec_to_input: bool = True
     batchtopk_threshold_momentum: float = 0.99
@@ -153,7 +153,10 @@ class TrainConfig:
     def resolved_decoder_init_norm(self) -> float:
         if self.decoder_init_norm is not None:
             return float(self.decoder_init_norm)
-        return 1.0 if self.sparse_topk else 0.1
+        # 1.0 for every architecture: with W_enc = W_dec^T at 0.1 (Anthropic's choice for a slow lr), an Adam step
+        # of lr on W_enc moves pre-activations by a large fraction of their scale, and L0 runs away from the
+        # target faster than the thresholds / biases / coefficient can follow
+        return 1.0
 
     # JSON ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -240,8 +240,8 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                 bar.set_postfix(loss=f"{row['loss']:.4g}", L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}",
                                 dead=f"{100 * row['dead_fraction']:.1f}%", refresh=False)
             if watch is not None:
-                watch.update(step, out_step.parts["mse"] if control.target is not None else float(out_step.loss.detach()),
-                             control.l0_ema)
+                # the loss is watched only at a fixed coefficient (a controller raising it raises the loss)
+                watch.update(step, float(out_step.loss.detach()) if control.target is None else math.nan, control.l0_ema)
             bar.update(1)
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < total:
                 save_checkpoint()
