@@ -8,6 +8,7 @@ E||x|| = sqrt(d_in)); the scale is folded back into the exported SAE. The encode
     relu       f = relu(pre);                     L = ||x - x_hat||^2 + l1(t) * sum_i f_i ||W_dec_i||
     topk       f = relu(TopK_k(pre));             L = ||x - x_hat||^2 + aux * AuxK   (sparse fast path)
     batchtopk  f = relu(TopK_{k*B}(pre over the batch)); same loss; threshold = EMA of the smallest kept value
+               (restarted where the LR decay begins, so it reflects the final weights)
     jumprelu   f = pre * H(pre - theta);          L = ||x - x_hat||^2 + l0 * sum_i H(pre_i - theta_i)
                (straight-through rectangle-kernel gradients for theta, Rajamanoharan et al. 2024; theta is a
                parameter kept >= 0 after each step, not exp(log theta): Adam moves a parameter by ~lr per step,

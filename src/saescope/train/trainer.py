@@ -220,6 +220,8 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                 st.density_tokens += n_tok
             control.update(float(counts.sum()) / n_tok)
             if cfg.architecture == "batchtopk":
+                if step == int(total * max(0.5, 1.0 - cfg.lr_decay_fraction)):
+                    model.batch_threshold.fill_(-1.0)  # estimate the inference threshold on the final weights
                 _update_batchtopk_threshold(model, out_step, cfg, world, device)
             if cfg.resample_dead_every and (step + 1) % cfg.resample_dead_every == 0 and step + 1 < total:
                 _resample(model, since_fired >= dead_limit, since_fired, x, out_step, opt, cfg, step, world)
