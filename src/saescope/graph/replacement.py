@@ -35,7 +35,8 @@ class Setup:
     ``features [n, 3]`` (layer, pos, feature) sorted; ``activations [n]``; ``encoder [n, d_in]`` (W_enc columns,
     for gradients injected at the input hook); ``decoder [n, d_out]`` (a_f W_dec[f]); ``errors [L, pos, d_out]``;
     ``embeds [pos, d_model]``; ``constants [L, pos, d_out]`` (b_dec, or the whole output at zeroed positions);
-    ``pre [n]`` feature pre-activations; ``b_enc [n]``; ``logits [pos, vocab]``."""
+    ``pre [n]`` feature pre-activations; ``b_enc [n]``; ``logits [pos, vocab]``; ``errors64``: the errors in float64
+    (so that reconstruction + error gives the MLP output back to the last bit in ``check_exact``)."""
     ids: torch.Tensor
     features: torch.Tensor
     activations: torch.Tensor
@@ -47,6 +48,7 @@ class Setup:
     embeds: torch.Tensor
     constants: torch.Tensor
     logits: torch.Tensor
+    errors64: torch.Tensor
 
     @property
     def n_pos(self) -> int:
@@ -160,7 +162,7 @@ class ReplacementModel:
             x = self._sae_in(L, cap[self.in_hook(L)][0])
             y = att.site.write_port.to_sae(cap[self.out_hook(L)][0]).float()
             f, pre = self._encode(L, x)
-            err = y - self.reconstruct(L, x, f)
+            err = y.double() - self.reconstruct(L, x, f).double()
             err[:zp] = 0
             const = sae.b_dec.float().expand(n_pos, -1).clone()
             const[:zp] = y[:zp] - (0 if self.skip(L, x) is None else self.skip(L, x)[:zp])
@@ -175,7 +177,7 @@ class ReplacementModel:
             consts.append(const)
         embeds = cap["hook_embed"][0].float()
         return Setup(ids, torch.cat(feats).cpu(), torch.cat(acts), torch.cat(pres), torch.cat(benc), torch.cat(enc),
-                     torch.cat(dec), torch.stack(errs), embeds, torch.stack(consts), logits)
+                     torch.cat(dec), torch.stack(errs).float(), embeds, torch.stack(consts), logits, torch.stack(errs))
 
     # ------------------------------------------------------------------ exactness
     @torch.no_grad()
@@ -197,7 +199,7 @@ class ReplacementModel:
         def fn(act):
             x = self._sae_in(L, cache.pop(L)[0])
             f, _ = self._encode(L, x)
-            y = self.reconstruct(L, x, f) + setup.errors[L]
+            y = (self.reconstruct(L, x, f).double() + setup.errors64[L]).float()
             y[: self.zero_positions] = port.to_sae(act)[0, : self.zero_positions].float()
             return port.from_sae(y[None], act)
 
