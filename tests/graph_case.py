@@ -39,6 +39,16 @@ def random_transcoders(lm, d_sae: int = 256, threshold: float = 2.0, seed: int =
     return out
 
 
+@torch.no_grad()
+def realistic_embedding_scale(lm, std: float = 0.5) -> None:
+    """Scale a random GPT-2's token and position embeddings (init std 0.02) to entry std ``std``, so that the
+    residual stream has a trained model's scale: at init every frozen LayerNorm scale is ~50 and direct effects are
+    large terms that cancel (float32 then loses the 1e-4 absolute completeness to rounding)."""
+    tr = lm.hf_model.transformer
+    for emb in (tr.wte, tr.wpe):
+        emb.weight.mul_(std / float(emb.weight.std()))
+
+
 def save_circuit_tracer_layout(transcoders, folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, SaescopeError
 from ..site import sae_name
 from .attribution import attribute
 from .graph import Graph
@@ -58,7 +58,7 @@ def load_transcoders(lm, spec: str | None = None) -> list:
         specs = [spec]
     try:
         return [SAE.from_spec(s, device=lm.device) for s in specs]
-    except InputError as exc:
+    except SaescopeError as exc:
         if spec == TINY_TRANSCODERS:
             raise InputError(f"the bundled transcoders ({TINY_TRANSCODERS}) are not installed in this saescope: "
                              f"{exc}") from None
