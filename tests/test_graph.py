@@ -134,10 +134,15 @@ def test_cli_trace(tmp_path, tiny, capsys):
     lm, tcs = tiny
     for L, t in enumerate(tcs):
         t.save(tmp_path / "tcs" / f"layer{L}")
+        labels = {str(i): f"L{L} feature {i}" for i in range(t.d_sae)}
+        (tmp_path / "tcs" / f"layer{L}" / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "g.json"
-    assert main(["trace", "The cat", "--transcoders", str(tmp_path / "tcs"), "--out", str(out), "--json"]) == 0
+    assert main(["trace", PROMPT, "--transcoders", str(tmp_path / "tcs"), "--out", str(out), "--json",
+                 "--node-threshold", "0.99", "--edge-threshold", "0.999"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["features"] > 0 and out.is_file()
+    feats = [n for n in json.loads(out.read_text())["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert feats and all(n["clerp"] == f"L{n['layer']} feature {n['node_id'].split('_')[1]}" for n in feats)
     assert main(["trace", "The cat", "--transcoders", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["trace", "The cat", "--out", str(tmp_path / "g.txt")]) == 2
     err = capsys.readouterr().err

@@ -6,12 +6,14 @@ transformers/huggingface_hub it imports with (it was run with transformers 4.57.
 The test skips, with the reason, when circuit-tracer cannot be imported there."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import graph_case
 import model_zoo
-from saescope.graph import ReplacementModel, attribute
+from saescope.graph import Graph, ReplacementModel, attribute, to_json
 from saescope.lm import LanguageModel
 
 
@@ -36,3 +38,21 @@ def test_edges_match_circuit_tracer(tmp_path):
     big = B.abs() > 1e-3 * scale                   # edges of the active nodes that matter
     assert ((A - B).abs() <= 1e-4 * B.abs() + 1e-6 * scale).all(), float(((A - B).abs()[big] / B.abs()[big]).max())
     assert float((A - B).abs().max() / scale) < 1e-5
+
+    # the Neuronpedia JSON: circuit-tracer's create_graph_files vs saescope's to_json on the same (its) adjacency
+    theirs = json.loads((tmp_path / "ct.json").read_text())
+    g = Graph("", ids[0], theirs["metadata"]["prompt_tokens"], peer["active_features"], peer["activation_values"],
+              B, peer["logit_ids"], peer["logit_probs"], [lm.to_string(torch.tensor([int(t)])) for t in peer["logit_ids"]],
+              3, "test")
+    mine = to_json(g, slug="ct", node_threshold=0.8, edge_threshold=0.98)
+    assert [n["node_id"] for n in mine["nodes"]] == [n["node_id"] for n in theirs["nodes"]]
+    for a, b in zip(mine["nodes"], theirs["nodes"]):
+        assert set(a) == set(b)
+        for k in a:
+            if isinstance(b[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (a["node_id"], k)
+            elif k != "clerp" or b["feature_type"] != "logit":
+                assert a[k] == b[k], (a["node_id"], k, a[k], b[k])
+    assert [(lk["source"], lk["target"]) for lk in mine["links"]] == [(lk["source"], lk["target"]) for lk in theirs["links"]]
+    assert [lk["weight"] for lk in mine["links"]] == pytest.approx([lk["weight"] for lk in theirs["links"]], rel=1e-6)
+    assert mine["qParams"] == theirs["qParams"] and set(mine["metadata"]) == set(theirs["metadata"])

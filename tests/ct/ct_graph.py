@@ -2,6 +2,9 @@
 
     python ct_graph.py MODEL_DIR TRANSCODER_DIR IDS_JSON OUT.safetensors [BATCH]
 
+Also writes its Neuronpedia JSON (``create_graph_files``, node threshold 0.8, edge threshold 0.98) as OUT's folder
+/ ct.json.
+
 TRANSCODER_DIR holds layer{L}.safetensors in circuit-tracer's SingleLayerTranscoder layout (W_enc [d_sae, d],
 W_dec [d_sae, d], b_enc, b_dec, optional W_skip [d, d]), ReLU activation, reading ln2.hook_normalized and writing
 hook_mlp_out. Runs in an environment where circuit-tracer (with TransformerLens) imports; prints one JSON line
@@ -32,7 +35,8 @@ def main(model_dir, tc_dir, ids_json, out, batch="64"):
     cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, d_head=c.n_embd // c.n_head,
                                   n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size,
                                   act_fn=c.activation_function, normalization_type="LN", eps=c.layer_norm_epsilon,
-                                  device="cpu", dtype=torch.float32, model_name="gpt2-random")
+                                  device="cpu", dtype=torch.float32, model_name="gpt2-random",
+                                  tokenizer_name=str(model_dir))
     tcs = {}
     for L in range(c.n_layer):
         w = load_file(str(Path(tc_dir) / f"layer{L}.safetensors"))
@@ -56,6 +60,9 @@ def main(model_dir, tc_dir, ids_json, out, batch="64"):
                "selected_features": g.selected_features.contiguous(),
                "activation_values": g.activation_values.contiguous(),
                "logit_ids": g.logit_token_ids.contiguous(), "logit_probs": g.logit_probabilities.contiguous()}, out)
+    from circuit_tracer.utils.create_graph_files import create_graph_files
+
+    create_graph_files(g, "ct", str(Path(out).parent), scan="test", node_threshold=0.8, edge_threshold=0.98)
     print(json.dumps({"seconds": dt, "circuit_tracer": version("circuit-tracer"),
                       "transformer_lens": version("transformer-lens"), "transformers": version("transformers"),
                       "torch": torch.__version__}))
