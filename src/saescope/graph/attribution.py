@@ -32,6 +32,7 @@ from ..site import Readout
 from .replacement import ReplacementModel, Setup, frozen_parameters
 
 log = logging.getLogger(__name__)
+MAX_ADJACENCY_BYTES = 16 * 2**30
 
 
 @dataclass
@@ -210,6 +211,9 @@ def attribute(rm: ReplacementModel, ids: torch.Tensor, max_n_logits: int = 10, d
     n_logits = len(targets.token_ids)
     logit_offset = n_feat + (n_layers + 1) * n_pos
     n = logit_offset + n_logits
+    if n * n * 4 > MAX_ADJACENCY_BYTES:
+        raise InputError(f"{n_feat} active features: the dense graph ({n} nodes) would need {n * n * 4 / 2**30:.0f} GiB; "
+                         "use a shorter prompt or sparser transcoders")
     batch = max(1, min(batch_size, max(n_feat, n_logits)))
     lp = _LinearPass(rm, setup, batch)
     adjacency = torch.zeros(n, n)
