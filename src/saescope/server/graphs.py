@@ -1,0 +1,157 @@
+"""The attribution-graph pages of the web app (``router(state, forms)``); ``static/graph.js`` draws the view.
+
+    GET  /graphs                      the saved graphs (``saescope serve --graphs DIR``), one row each
+    GET  /graph/{name}                the graph view: nodes by layer and position, edges by weight, hover details,
+                                      pin / supernode, thresholds, interventions
+    GET  /api/graphs                  [{"name", "prompt", "n_nodes", "n_links", "error"}]
+    GET  /api/graph/{name}            the graph file's JSON (Neuronpedia's attribution-graph schema)
+    POST /api/graph/{name}/intervene  {"nodes": [node_id, ...], "mode": "off"|"clamp", "value"?, "max_new_tokens"?}
+                                      -> ``saescope.graph.intervene``'s result as JSON: top predictions and a
+                                      generation, without and with the edit
+
+A name is looked up in the folder listing (graph_files.GraphFolder), never joined to a path. An unknown name is
+a 404 page, an unreadable or malformed file a 422 page with one line naming the file and the field.
+"""
+# no "from __future__ import annotations": FastAPI reads the request model from the annotations of local functions
+from html import escape
+from urllib.parse import quote
+
+
+def intervene_model(cfg):
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class InterveneRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        nodes: list[str] = Field(min_length=1, max_length=256)
+        mode: str = Field("off", pattern="^(off|clamp)$")
+        value: float = Field(0.0, allow_inf_nan=False)
+        max_new_tokens: int = Field(16, ge=1, le=cfg.max_new_tokens)
+        top_k: int = Field(10, ge=1, le=cfg.max_top_k)
+
+    return InterveneRequest
+
+
+def router(st, forms):
+    from fastapi import APIRouter, HTTPException
+    from fastapi.responses import HTMLResponse
+
+    from ..errors import InputError
+    from ..report import html
+    from .graph_files import feature_link_layers
+
+    r = APIRouter()
+    folder = st.graphs
+    InterveneRequest = intervene_model(st.cfg)
+    sae_paths = [st.sae.path] if getattr(st.sae, "path", None) is not None else []
+
+    def page(title: str, body: str, status: int = 200, scripts: str = "") -> HTMLResponse:
+        head = "<link rel=\"stylesheet\" href=\"/static/graph.css\">"
+        return HTMLResponse(html.page(title, head + body, html.header("/", st.meta), scripts), status_code=status)
+
+    def not_found(name: str) -> HTMLResponse:
+        return page("not found", f"<h1>No graph {escape(name)}</h1><p>The graphs are the <code>.json</code> files "
+                                 "in the folders given to <code>saescope serve --graphs</code>. "
+                                 "<a href=\"/graphs\">All graphs</a></p>", status=404)
+
+    def load_or_page(name: str):
+        try:
+            return folder.load(name), None
+        except KeyError:
+            return None, not_found(name)
+        except InputError as exc:
+            return None, page("unreadable graph", f"<h1>Graph {escape(name)} cannot be shown</h1>"
+                                                  f"<p class=\"err\">{escape(str(exc))}</p><p><a href=\"/graphs\">"
+                                                  "All graphs</a></p>", status=422)
+
+    def load_or_404(name: str) -> dict:
+        try:
+            return folder.load(name)
+        except KeyError:
+            raise HTTPException(404, f"no graph named {name!r} in the graphs folder") from None
+
+    @r.get("/graphs", response_class=HTMLResponse)
+    def graphs_page():
+        rows = []
+        for s in folder.summaries():
+            link = f"<a href=\"/graph/{quote(s.name)}\">{escape(s.name)}</a>"
+            if s.error:
+                rows.append(f"<tr><td>{link}</td><td colspan=\"3\" class=\"err\">{escape(s.error)}</td></tr>")
+            else:
+                rows.append(f"<tr><td>{link}</td><td class=\"prompt\">{html.show_token(s.prompt or '')}</td>"
+                            f"<td class=\"num\">{s.n_nodes}</td><td class=\"num\">{s.n_links}</td></tr>")
+        where = ", ".join(escape(str(p)) for p in folder.paths) or "none given"
+        if rows:
+            table = ("<table id=\"graphs\"><thead><tr><th>graph</th><th>prompt</th><th>nodes</th><th>links</th></tr>"
+                     f"</thead><tbody>{''.join(rows)}</tbody></table>")
+        else:
+            table = ("<p class=\"note\">No graphs yet. Make one with <code>saescope trace \"PROMPT\" --out "
+                     "graphs/NAME.json</code> and serve the folder with <code>saescope serve --graphs graphs</code>."
+                     "</p>")
+        return page("saescope · graphs", f"<h1>Attribution graphs</h1><p class=\"muted\">from {where}</p>{table}")
+
+    @r.get("/graph/{name}", response_class=HTMLResponse)
+    def graph_page(name: str):
+        graph, err = load_or_page(name)
+        if err is not None:
+            return err
+        meta = graph["metadata"]
+        config = {"name": name, "api": f"/api/graph/{quote(name)}", "feature_url": "/feature/",
+                  "link_layers": feature_link_layers(graph, st.sae_spec, sae_paths),
+                  "max_new_tokens": st.cfg.max_new_tokens}
+        body = (f"<h1>Graph {escape(name)}</h1><div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}"
+                f"</div>{view_html()}<script type=\"application/json\" id=\"graph-data\">{html.json_for_html(graph)}"
+                f"</script><script type=\"application/json\" id=\"graph-config\">{html.json_for_html(config)}</script>")
+        return page(f"saescope · graph {name}", body, scripts="<script src=\"/static/graph.js\"></script>")
+
+    @r.get("/api/graphs")
+    def api_graphs():
+        return [s.__dict__ for s in folder.summaries()]
+
+    @r.get("/api/graph/{name}")
+    def api_graph(name: str):
+        return load_or_404(name)
+
+    @r.post("/api/graph/{name}/intervene")
+    def api_intervene(name: str, req: InterveneRequest):
+        graph = load_or_404(name)
+        try:
+            from ..graph import intervene
+        except ImportError:
+            raise HTTPException(501, "interventions need saescope.graph, which this installation lacks") from None
+        known = {n["node_id"]: n for n in graph["nodes"]}
+        for nid in req.nodes:
+            if nid not in known:
+                raise HTTPException(422, f"node {nid!r} is not in graph {name!r}")
+            if known[nid]["feature_type"] != "cross layer transcoder":
+                raise HTTPException(422, f"node {nid!r} is not a transcoder feature: only features can be "
+                                         "turned off or clamped")
+        with st.gen_gate.enter("generations"), st.model_lock:
+            res = intervene(st.lm, graph, req.nodes, mode=req.mode, value=req.value,
+                            max_new_tokens=req.max_new_tokens, top_k=req.top_k)
+        return res.to_dict() if hasattr(res, "to_dict") else res
+
+    return r
+
+
+def view_html() -> str:
+    """The controls and panels that static/graph.js fills."""
+    return ("<div id=\"graph-controls\" class=\"opts\"><label>node threshold <input id=\"node-threshold\" type=\"range\" "
+            "min=\"0.05\" max=\"1\" step=\"0.01\" value=\"0.8\"> <span id=\"node-threshold-v\"></span></label> "
+            "<label>edge threshold <input id=\"edge-threshold\" type=\"range\" min=\"0\" max=\"1\" step=\"0.01\" "
+            "value=\"0.02\"> <span id=\"edge-threshold-v\"></span></label> <span id=\"graph-counts\" class=\"muted\">"
+            "</span> <span class=\"legend\"><i class=\"pos\"></i> excites <i class=\"neg\"></i> inhibits</span></div>"
+            "<div id=\"graph-wrap\"><div id=\"graph-main\"><svg id=\"graph-svg\" role=\"img\" "
+            "aria-label=\"attribution graph\"></svg></div><aside id=\"graph-side\"><div id=\"graph-detail\" "
+            "class=\"detail\">Hover a node for its details; click it to keep them here.</div></aside></div>"
+            "<h2>Pinned subgraph</h2><p class=\"muted\">Pin nodes from the details panel (or ctrl/⌘-click a node). "
+            "Select pinned nodes to group them into a supernode or to intervene on them.</p>"
+            "<div id=\"pinned\"></div><p><input id=\"supernode-name\" size=\"18\" placeholder=\"supernode name\"> "
+            "<button id=\"group-go\" type=\"button\">group into supernode</button> <button id=\"pin-clear\" "
+            "type=\"button\" class=\"link\">unpin all</button></p><div id=\"supernodes\"></div>"
+            "<svg id=\"subgraph-svg\" role=\"img\" aria-label=\"pinned subgraph\"></svg>"
+            "<h2>Intervene</h2><form id=\"intervene-form\"><p class=\"opts\"><label><select id=\"intervene-mode\">"
+            "<option value=\"off\">turn off</option><option value=\"clamp\">clamp to</option></select></label> "
+            "<input id=\"intervene-value\" class=\"w6\" value=\"0\" title=\"activation the selected features are "
+            "clamped to\"> <label>tokens <input id=\"intervene-max\" type=\"number\" min=\"1\" value=\"12\" "
+            "class=\"w4\"></label> <button id=\"intervene-go\" type=\"submit\">Intervene on selected</button> "
+            "<span id=\"intervene-err\" class=\"err\"></span></p></form><div id=\"intervene-out\"></div>")
