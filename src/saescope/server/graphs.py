@@ -98,8 +98,9 @@ def router(st, forms):
         config = {"name": name, "api": f"/api/graph/{quote(name)}", "feature_url": "/feature/",
                   "link_layers": feature_link_layers(graph, st.sae_spec, sae_paths),
                   "max_new_tokens": st.cfg.max_new_tokens}
-        body = (f"<h1>Graph {escape(name)}</h1><div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}"
-                f"</div>{view_html()}<script type=\"application/json\" id=\"graph-data\">{html.json_for_html(graph)}"
+        body = (f"<p class=\"muted\"><a href=\"/graphs\">all graphs</a></p><h1>Graph {escape(name)}</h1>"
+                f"<div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}</div>"
+                f"{view_html()}<script type=\"application/json\" id=\"graph-data\">{html.json_for_html(graph)}"
                 f"</script><script type=\"application/json\" id=\"graph-config\">{html.json_for_html(config)}</script>")
         return page(f"saescope · graph {name}", body, scripts="<script src=\"/static/graph.js\"></script>")
 

@@ -84,13 +84,16 @@
 
   // ---- layout: rows by layer, columns by position ------------------------------------------------------------
   function layout(list, opts) {
-    const slot = opts.slot, rowH = opts.rowH, left = 56, top = 28;
+    const slot = opts.slot, rowH = opts.rowH, left = 56, top = 34;
     const cells = new Map();
     list.forEach(n => { const k = rowKey(n) + "|" + n.ctx_idx; if (!cells.has(k)) cells.set(k, []); cells.get(k).push(n); });
     const usedRows = opts.allRows ? rows : [...new Set(list.map(rowKey))].sort((a, b) => a - b);
     const positions = opts.allPositions ? toks.map((_, i) => i) : [...new Set(list.map(n => n.ctx_idx))].sort((a, b) => a - b);
     const width = new Map(positions.map(p => [p, opts.minCol]));
-    cells.forEach((ns, k) => { const p = +k.split("|")[1]; width.set(p, Math.max(width.get(p) || 0, ns.length * slot + 8)); });
+    cells.forEach((ns, k) => {
+      const [r, p] = k.split("|").map(Number), sl = r === 1e9 && opts.logitSlot ? opts.logitSlot : slot;
+      width.set(p, Math.max(width.get(p) || 0, ns.length * sl + 8));
+    });
     const x0 = new Map();
     let x = left;
     positions.forEach(p => { x0.set(p, x); x += width.get(p); });
@@ -99,7 +102,8 @@
       const [r, p] = k.split("|").map(Number);
       ns.sort((a, b) => (a.influence ?? 0) - (b.influence ?? 0) || (a.node_id < b.node_id ? -1 : 1));
       const cx = x0.get(p) + width.get(p) / 2, y = top + (usedRows.length - 1 - usedRows.indexOf(r)) * rowH;
-      ns.forEach((n, i) => pos.set(n.node_id, { x: cx + (i - (ns.length - 1) / 2) * slot, y: y }));
+      const sl = r === 1e9 && opts.logitSlot ? opts.logitSlot : slot;
+      ns.forEach((n, i) => pos.set(n.node_id, { x: cx + (i - (ns.length - 1) / 2) * sl, y: y }));
     });
     return { pos, rows: usedRows, positions, x0, width, W: x + 16, H: top + usedRows.length * rowH + 34, top, rowH };
   }
@@ -159,7 +163,7 @@
     const svg = $("graph-svg");
     svg.textContent = "";
     const v = visible();
-    L = layout(v.nodes, { slot: 22, rowH: 64, minCol: 64, allRows: true, allPositions: true });
+    L = layout(v.nodes, { slot: 24, logitSlot: 52, rowH: 80, minCol: 84, allRows: true, allPositions: true });
     svg.setAttribute("width", L.W); svg.setAttribute("height", L.H);
     svg.setAttribute("viewBox", `0 0 ${L.W} ${L.H}`);
     drawAxes(svg, L);
@@ -180,9 +184,12 @@
         (n.node_id === S.clicked ? " clicked" : "") + (n.is_target_logit ? " target" : ""), "data-id": n.node_id, tabindex: "0" }, gn);
       shape(n, p, g);
       el("title", {}, g).textContent = label(n);
-      if (n.feature_type === "logit" || pinned.has(n.node_id)) {
+      if (n.feature_type === "logit") {
+        const m = /^Output "(.*)" \(p=/.exec(n.clerp || ""), s = shown(m ? m[1] : label(n));
+        el("text", { x: p.x, y: p.y - 10, class: "nlabel", "text-anchor": "middle" }, g).textContent = s.length > 8 ? s.slice(0, 7) + "…" : s;
+      } else if (pinned.has(n.node_id)) {
         const s = shown(label(n));
-        el("text", { x: p.x, y: p.y - 10, class: "nlabel", "text-anchor": "middle" }, g).textContent = s.length > 22 ? s.slice(0, 21) + "…" : s;
+        el("text", { x: p.x + 4, y: p.y - 9, class: "nlabel", transform: `rotate(-20 ${p.x + 4} ${p.y - 9})` }, g).textContent = s.length > 22 ? s.slice(0, 21) + "…" : s;
       }
       g.addEventListener("mouseenter", () => { highlight(n.node_id); detail(n.node_id); });
       g.addEventListener("mouseleave", () => { highlight(S.clicked); detail(S.clicked); });
