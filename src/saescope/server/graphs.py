@@ -115,10 +115,6 @@ def router(st, forms):
     @r.post("/api/graph/{name}/intervene")
     def api_intervene(name: str, req: InterveneRequest):
         graph = load_or_404(name)
-        try:
-            from ..graph import intervene
-        except ImportError:
-            raise HTTPException(501, "interventions need saescope.graph, which this installation lacks") from None
         known = {n["node_id"]: n for n in graph["nodes"]}
         for nid in req.nodes:
             if nid not in known:
@@ -126,6 +122,10 @@ def router(st, forms):
             if known[nid]["feature_type"] != "cross layer transcoder":
                 raise HTTPException(422, f"node {nid!r} is not a transcoder feature: only features can be "
                                          "turned off or clamped")
+        try:
+            from ..graph import intervene
+        except ImportError:
+            raise HTTPException(501, "interventions need saescope.graph, which this installation lacks") from None
         with st.gen_gate.enter("generations"), st.model_lock:
             res = intervene(st.lm, graph, req.nodes, mode=req.mode, value=req.value,
                             max_new_tokens=req.max_new_tokens, top_k=req.top_k)
