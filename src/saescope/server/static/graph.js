@@ -361,7 +361,7 @@
       if (!r.ok) { out.textContent = ""; err.textContent = d.detail || ("HTTP " + r.status); return; }
       const b = d.baseline || {}, s = d.intervened || {};
       out.innerHTML = `<p class="muted">${esc(mode === "off" ? "turned off" : "clamped to " + value)}: ${ids.map(id => esc(shown(label(byId.get(id))))).join(", ")}</p>` +
-        `<table class="samples side"><tr><th>normal</th><th>with the intervention</th></tr><tr><td>${predTable(b)}</td><td class="steered">${predTable(s)}</td></tr>` +
+        `<table class="iv"><tr><th>normal</th><th>with the intervention</th></tr><tr><td>${predTable(b)}</td><td class="steered">${predTable(s)}</td></tr>` +
         `<tr><td class="out">${esc(b.text ?? b.generation ?? "")}</td><td class="out steered">${esc(s.text ?? s.generation ?? "")}</td></tr></table>`;
     } catch (e) { out.textContent = ""; err.textContent = String(e); }
   });
