@@ -160,6 +160,8 @@ def test_thresholds_filter_in_the_browser(server, page):
         page.eval_on_selector("#node-threshold", f"e => {{ e.value = {node_t}; e.dispatchEvent(new Event('input')); }}")
         page.eval_on_selector("#edge-threshold", f"e => {{ e.value = {edge_t}; e.dispatchEvent(new Event('input')); }}")
         nodes, edges = _expected(node_t, edge_t)
+        page.wait_for_function(f"document.getElementById('node-threshold-v').textContent === '{node_t:.2f}' && "
+                               f"document.getElementById('edge-threshold-v').textContent === '{edge_t:.2f}'")
         ids, drawn = _drawn(page)
         assert ids == nodes and len(drawn) == len(edges), (node_t, edge_t)
         assert page.inner_text("#graph-counts") == f"{len(nodes)} of 15 nodes, {len(edges)} of 16 edges"

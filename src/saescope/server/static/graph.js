@@ -11,7 +11,7 @@
   const nodes = G.nodes, byId = new Map(), inE = new Map(), outE = new Map();
   nodes.forEach(n => { byId.set(n.node_id, n); inE.set(n.node_id, []); outE.set(n.node_id, []); });
   G.links.forEach(e => { outE.get(e.source).push(e); inE.get(e.target).push(e); });
-  const maxW = Math.max(1e-12, ...G.links.map(e => Math.abs(e.weight)));
+  const maxW = G.links.reduce((m, e) => Math.max(m, Math.abs(e.weight)), 1e-12);   // (no spread: 1e5+ links)
   const linkLayers = new Set((C.link_layers || []).map(String));
   const $ = id => document.getElementById(id);
   const esc = s => String(s == null ? "" : s).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -198,6 +198,11 @@
         S.clicked = S.clicked === n.node_id ? "" : n.node_id;
         update();
       });
+      g.addEventListener("keydown", ev => {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); S.clicked = n.node_id; update(); }
+        else if (ev.key === "p") togglePin(n.node_id);
+      });
+      g.addEventListener("focus", () => { highlight(n.node_id); detail(n.node_id); });
     });
     $("graph-counts").textContent = `${v.nodes.length} of ${nodes.length} nodes, ${v.edges.length} of ${G.links.length} edges`;
     $("node-threshold-v").textContent = S.nodeT.toFixed(2);
@@ -327,14 +332,24 @@
       const s = shown(it.name);
       el("text", { x: xy.x, y: xy.y + 4, "text-anchor": "middle" }, g).textContent = s.length > 22 ? s.slice(0, 21) + "…" : s;
       el("title", {}, g).textContent = it.supernode ? `${it.name}: ${it.members.map(label).join(", ")}` : it.name;
+      if (!it.supernode) {
+        g.addEventListener("mouseenter", () => detail(p.node_id));
+        g.addEventListener("mouseleave", () => detail(S.clicked));
+      }
     });
   }
 
   // ---- thresholds --------------------------------------------------------------------------------------------------
   $("node-threshold").value = S.nodeT;
   $("edge-threshold").value = S.edgeT;
-  $("node-threshold").addEventListener("input", ev => { S.nodeT = parseFloat(ev.target.value); draw(); saveState(); });
-  $("edge-threshold").addEventListener("input", ev => { S.edgeT = parseFloat(ev.target.value); draw(); saveState(); });
+  let pending = false;
+  function redrawSoon() {                 // one redraw per frame while a slider moves (large graphs)
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => { pending = false; draw(); saveState(); });
+  }
+  $("node-threshold").addEventListener("input", ev => { S.nodeT = parseFloat(ev.target.value); redrawSoon(); });
+  $("edge-threshold").addEventListener("input", ev => { S.edgeT = parseFloat(ev.target.value); redrawSoon(); });
 
   // ---- interventions -----------------------------------------------------------------------------------------------
   $("intervene-max").max = C.max_new_tokens;
