@@ -159,6 +159,8 @@ def test_intervene_validates_nodes(client):
     r = client.post("/api/graph/cat/intervene", json={"nodes": ["1_5_3"], "mode": "sideways"})
     assert r.status_code == 422
     assert client.post("/api/graph/nope/intervene", json={"nodes": ["1_5_3"]}).status_code == 404
+    r = client.post("/api/graph/hostile/intervene", json={"nodes": ["1_5_3"]})        # no transcoder_list
+    assert r.status_code == 422 and "does not record its transcoders" in r.json()["detail"]
 
 
 def test_cli_serve_missing_graphs_folder_is_one_line_exit_2(capsys, tmp_path):

@@ -187,10 +187,11 @@ def _spec(v) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-def feature_link_layers(graph: dict, sae_spec: str, sae_paths=()) -> list[str]:
-    """The layers of ``graph`` whose transcoder is the SAE the app serves (its spec as given, or the same
-    directory): their feature nodes link to the app's feature pages. Other layers get no link (never a guess)."""
-    same = {sae_spec}
+def feature_link_layers(graph: dict, sae_names, sae_paths=()) -> list[str]:
+    """The layers of ``graph`` whose transcoder is the SAE the app serves (one of its names: the spec as given,
+    ``site.sae_name``; or the same directory): their feature nodes link to the app's feature pages. Other layers
+    get no link (never a guess)."""
+    same = {sae_names} if isinstance(sae_names, str) else set(sae_names)
     resolved = set()
     for p in sae_paths:
         try:

@@ -6,8 +6,10 @@
     GET  /api/graphs                  [{"name", "prompt", "n_nodes", "n_links", "error"}]
     GET  /api/graph/{name}            the graph file's JSON (Neuronpedia's attribution-graph schema)
     POST /api/graph/{name}/intervene  {"nodes": [node_id, ...], "mode": "off"|"clamp", "value"?, "max_new_tokens"?}
-                                      -> ``saescope.graph.intervene``'s result as JSON: top predictions and a
-                                      generation, without and with the edit
+                                      -> ``saescope.graph.intervene`` on the graph's prompt with its transcoders
+                                      (metadata.transcoder_list, loaded once) and the served model:
+                                      {"baseline": {"top": [{"token", "id", "prob"}], "generation"},
+                                      "intervened": {...}, "nodes", "prompt", "graph", "mode"}
 
 A name is looked up in the folder listing (graph_files.GraphFolder), never joined to a path. An unknown name is
 a 404 page, an unreadable or malformed file a 422 page with one line naming the file and the field.
@@ -37,12 +39,15 @@ def router(st, forms):
 
     from ..errors import InputError
     from ..report import html
+    from ..site import sae_name
     from .graph_files import feature_link_layers
 
     r = APIRouter()
     folder = st.graphs
     InterveneRequest = intervene_model(st.cfg)
+    transcoders: dict = {}         # the transcoder set of the last graph intervened on
     sae_paths = [st.sae.path] if getattr(st.sae, "path", None) is not None else []
+    sae_names = {st.sae_spec, sae_name(st.sae)}
 
     def page(title: str, body: str, status: int = 200, scripts: str = "") -> HTMLResponse:
         head = "<link rel=\"stylesheet\" href=\"/static/graph.css\">"
@@ -96,7 +101,7 @@ def router(st, forms):
             return err
         meta = graph["metadata"]
         config = {"name": name, "api": f"/api/graph/{quote(name)}", "feature_url": "/feature/",
-                  "link_layers": feature_link_layers(graph, st.sae_spec, sae_paths),
+                  "link_layers": feature_link_layers(graph, sae_names, sae_paths),
                   "max_new_tokens": st.cfg.max_new_tokens}
         body = (f"<p class=\"muted\"><a href=\"/graphs\">all graphs</a></p><h1>Graph {escape(name)}</h1>"
                 f"<div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}</div>"
@@ -122,14 +127,26 @@ def router(st, forms):
             if known[nid]["feature_type"] != "cross layer transcoder":
                 raise HTTPException(422, f"node {nid!r} is not a transcoder feature: only features can be "
                                          "turned off or clamped")
+        meta = graph["metadata"]
+        specs = meta.get("transcoder_list") if isinstance(meta.get("transcoder_list"), list) else []
+        if not specs or not all(isinstance(x, str) and x for x in specs):
+            raise HTTPException(422, f"graph {name!r} does not record its transcoders (metadata.transcoder_list), "
+                                     "so its features cannot be edited")
+        if not isinstance(meta.get("prompt"), str) or not meta["prompt"]:
+            raise HTTPException(422, f"graph {name!r} does not record its prompt (metadata.prompt)")
         try:
-            from ..graph import intervene
+            from ..graph import intervene, load_transcoders
         except ImportError:
             raise HTTPException(501, "interventions need saescope.graph, which this installation lacks") from None
+        edits = [{"node_id": nid, "value": 0.0 if req.mode == "off" else req.value} for nid in req.nodes]
         with st.gen_gate.enter("generations"), st.model_lock:
-            res = intervene(st.lm, graph, req.nodes, mode=req.mode, value=req.value,
-                            max_new_tokens=req.max_new_tokens, top_k=req.top_k)
-        return res.to_dict() if hasattr(res, "to_dict") else res
+            key = tuple(specs)
+            if key not in transcoders:
+                transcoders.clear()                      # one transcoder set in memory at a time
+                transcoders[key] = load_transcoders(st.lm, ",".join(specs))
+            res = intervene(st.lm, transcoders[key], meta["prompt"], edits, max_new_tokens=req.max_new_tokens,
+                            top_k=req.top_k)
+        return {**res.to_dict(), "graph": name, "mode": req.mode}
 
     return r
 
