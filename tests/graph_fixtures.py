@@ -1,6 +1,7 @@
 """Attribution-graph files for the graph-view tests, written with circuit-tracer's own graph-file models
 (``circuit_tracer.frontend.graph_models``: the pydantic classes its ``create_graph_files`` serialises), so the
-view is tested against the schema a peer writes, not one re-typed here."""
+view is tested against the schema a peer writes, not one re-typed here; and random per-layer transcoders for
+graphs traced by ``saescope.graph``."""
 from __future__ import annotations
 
 import json
@@ -50,3 +51,25 @@ def write_graph(path: Path, **kw) -> dict:
     g = build_graph(**kw)
     Path(path).write_text(json.dumps(g, indent=1))
     return g
+
+
+def random_transcoders(lm, folder, d_sae: int = 48):
+    """One random ReLU transcoder per layer (ln2.hook_normalized -> hook_mlp_out), saved and loaded back from disk
+    so that each has a path (the graph records it)."""
+    import torch
+
+    from saescope.sae import SAE, SAEConfig
+    from saescope.sae.config import SAEMetadata
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for L in range(lm.info.n_layers):
+        cfg = SAEConfig("relu", d_in=lm.info.d_model, d_sae=d_sae, d_out=lm.info.d_model, metadata=SAEMetadata(
+            model_name=lm.name, hook_name=f"blocks.{L}.ln2.hook_normalized", hook_name_out=f"blocks.{L}.hook_mlp_out",
+            prepend_bos=True))
+        sae = SAE(cfg, seed=L)
+        with torch.no_grad():
+            sae.b_enc.copy_(-1.0 + 0.5 * torch.rand(d_sae, generator=g))
+        sae.save(folder / f"tc{L}")
+        out.append(SAE.load(folder / f"tc{L}"))
+    return out

@@ -8,10 +8,11 @@ import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
+from urllib.request import urlopen
 
 import pytest
 
-from graph_fixtures import build_graph, write_graph
+from graph_fixtures import build_graph, random_transcoders, write_graph
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -37,7 +38,15 @@ def server(one_thread, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("graphs")
     write_graph(d / "cat.json", transcoders=["tiny:another-transcoder", SERVED])
-    srv = ThreadServer(create_app(LanguageModel.from_pretrained("tiny"), SAE.from_spec(SERVED), SERVED, graphs=[d]))
+    lm = LanguageModel.from_pretrained("tiny")
+    try:                               # a graph traced by saescope.graph, for the end-to-end intervention
+        from saescope.graph import trace, write_json
+    except ImportError:
+        pass
+    else:
+        write_json(trace(lm, random_transcoders(lm, tmp_path_factory.mktemp("tc")), "The cat sat on the", quiet=True),
+                   d / "traced.json", node_threshold=0.9)
+    srv = ThreadServer(create_app(lm, SAE.from_spec(SERVED), SERVED, graphs=[d]))
     yield srv
     srv.close()
 
@@ -199,3 +208,29 @@ def test_intervention_panel(server, page):
 
 def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_intervention_on_a_traced_graph(server, page):
+    """End to end: the page, the route, saescope.graph.intervene and the model (skipped without saescope.graph)."""
+    pytest.importorskip("saescope.graph")
+    graph = json.loads(urlopen(server.url + "api/graph/traced").read())
+    feats = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    node = max(feats, key=lambda n: (n["ctx_idx"], n["activation"]))["node_id"]
+    page.goto(server.url + f"graph/traced?pinnedIds={node}")
+    page.wait_for_selector("#pinned-t")
+    page.check(f"input.sel[data-id='{node}']")
+    page.select_option("#intervene-mode", "clamp")
+    page.fill("#intervene-value", "30")
+    page.fill("#intervene-max", "3")
+    with page.expect_response("**/api/graph/traced/intervene") as resp:
+        page.click("#intervene-go")
+    d = resp.value.json()
+    page.wait_for_selector("#intervene-out table.iv")
+    cells = page.locator("#intervene-out table.iv > tbody > tr > td")
+    for i, side in enumerate(("baseline", "intervened")):
+        first = d[side]["top"][0]
+        assert json.dumps(first["token"]) in cells.nth(i).inner_text() and f"{first['prob']:.3f}" in cells.nth(i).inner_text()
+    assert cells.nth(3).inner_text().strip() == d["intervened"]["generation"].strip()
+    assert page.inner_text("#intervene-err") == "" and page.errors == []
+    _shot(page, "browser-graph-traced-intervene.png")
+

@@ -383,4 +383,5 @@
 
   function update() { draw(); drawPinned(); detail(S.clicked); saveState(); }
   update();
+  $("graph-main").scrollLeft = $("graph-main").scrollWidth;     // the last position: where the logits are
 })();
