@@ -36,6 +36,11 @@ def folder(tmp_path_factory):
     (d / "dangling.json").write_text(json.dumps(dangling))
     (d / "graph-metadata.json").write_text(json.dumps({"graphs": []}))     # circuit-tracer's folder index
     (d / "notes.txt").write_text("not a graph")
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"W_enc": torch.zeros(2, 2)}, str(d / "sae_weights.safetensors"))     # weights, not a graph: not listed
+    (d / "junk.safetensors").write_bytes(b"\xff" * 64)
     (d.parent / "outside.json").write_text(json.dumps(build_graph(slug="outside")))
     return d
 
@@ -107,7 +112,7 @@ def test_bad_files_give_a_one_line_422_page(client, name):
 
 
 @pytest.mark.parametrize("name", ["outside", "..%2Foutside", "../outside", "%2E%2E%2Foutside", "graph-metadata",
-                                  "notes", "notes.txt", "cat.json", "nope", "%2E%2E"])
+                                  "notes", "notes.txt", "cat.json", "nope", "%2E%2E", "sae_weights", "junk"])
 def test_only_listed_names_are_opened(client, name):
     for url in (f"/graph/{name}", f"/api/graph/{name}"):
         r = client.get(url)

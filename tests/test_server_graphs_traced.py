@@ -31,15 +31,17 @@ def setup(tmp_path_factory):
     graphs.mkdir()
     g = trace(lm, tcs, PROMPT, quiet=True)
     write_json(g, graphs / "cat.json", node_threshold=0.9, edge_threshold=0.99)
+    g.save(graphs / "compact.safetensors")           # saescope's compact format: shown pruned by the defaults
+    (graphs / "broken.safetensors").write_bytes((graphs / "compact.safetensors").read_bytes()[:4000])
     served = tcs[1]
     client = TestClient(create_app(lm, served, str(served.path), graphs=[graphs]))
-    return client, lm, tcs, json.loads((graphs / "cat.json").read_text())
+    return client, lm, tcs, json.loads((graphs / "cat.json").read_text()), g
 
 
 def test_traced_graph_pages(setup):
     from circuit_tracer.frontend.graph_models import Model
 
-    client, lm, tcs, graph = setup
+    client, lm, tcs, graph, _ = setup
     Model.model_validate(graph)
     assert client.get("/api/graph/cat").json() == graph
     page = client.get("/graph/cat")
@@ -62,7 +64,7 @@ def test_intervene_route_end_to_end(setup):
     from saescope.interp.steer import Intervention, SteeringHook
     from saescope.site import attach
 
-    client, lm, tcs, graph = setup
+    client, lm, tcs, graph, _ = setup
     node = _feature_node(graph)
     layer, feat, pos = (int(x) for x in node["node_id"].split("_"))
     r = client.post("/api/graph/cat/intervene", json={"nodes": [node["node_id"]], "mode": "clamp", "value": 25.0,
@@ -87,3 +89,17 @@ def test_intervene_route_end_to_end(setup):
     off = client.post("/api/graph/cat/intervene", json={"nodes": [node["node_id"]], "mode": "off"})
     assert off.status_code == 200 and off.json()["baseline"]["top"][:5] == d["baseline"]["top"]
     assert off.json()["nodes"] == [{"layer": layer, "position": pos, "feature": feat, "value": 0.0}]
+
+
+def test_compact_graph_files_are_shown(setup):
+    from saescope.graph import to_json
+
+    client, lm, tcs, graph, g = setup
+    rows = {r["name"]: r for r in client.get("/api/graphs").json()}
+    assert set(rows) == {"cat", "compact", "broken"}
+    assert rows["broken"]["error"].startswith("broken.safetensors: ") and "\n" not in rows["broken"]["error"]
+    assert client.get("/api/graph/compact").json() == json.loads(json.dumps(to_json(g, slug="compact")))
+    assert client.get("/graph/compact").status_code == 200
+    r = client.get("/graph/broken")
+    assert r.status_code == 422 and "Traceback" not in r.text
+

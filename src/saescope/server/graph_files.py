@@ -6,11 +6,12 @@
         .summaries() -> [GraphSummary]    one row per graph for the list page (an unreadable file: its error)
     feature_link_layers(graph, sae_spec, sae_paths) -> [str]   layers whose transcoder is the served SAE
 
-A graph file is Neuronpedia's attribution-graph JSON as circuit-tracer writes it: ``metadata`` (``slug``,
+A graph file is saescope's compact graph (``.safetensors``, shown pruned with the default thresholds by
+``saescope.graph.to_json``) or Neuronpedia's attribution-graph JSON as circuit-tracer writes it: ``metadata`` (``slug``,
 ``prompt``, ``prompt_tokens``, ``node_threshold``, ...), ``qParams`` (``pinnedIds``, ``supernodes``, ...),
 ``nodes`` (``node_id``, ``feature``, ``layer``, ``ctx_idx``, ``feature_type``, ``clerp``, ``influence``,
 ``activation``, ...) and ``links`` (``source``, ``target``, ``weight``). A graph's name is its file name without
-``.json``; a request names a graph, never a path: only names in the listing are opened. A file that is not such a
+the extension (``NAME.json`` first when both exist); a request names a graph, never a path: only names in the listing are opened. A file that is not such a
 graph is a one-line ``InputError`` naming the file and the field.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, SaescopeError
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,12 @@ class GraphFolder:
     def listing(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
         for p in self.paths:
-            files = sorted(p.glob("*.json")) if p.is_dir() else [p] if p.is_file() else []
+            if p.is_dir():
+                files = sorted(p.glob("*.json")) + sorted(f for f in p.glob("*.safetensors") if is_compact_graph(f))
+            else:
+                files = [p] if p.is_file() else []
             for f in files:
-                name = f.name[:-5] if f.name.endswith(".json") else f.name
+                name = f.stem
                 if f.name in SKIP or not NAME_RE.match(name) or not f.is_file():
                     continue
                 if name in out:
@@ -85,6 +89,11 @@ class GraphFolder:
         if st.st_size > self.max_bytes:
             raise InputError(f"{path.name}: {st.st_size:,} bytes is more than the {self.max_bytes:,}-byte limit "
                              "for a graph file; prune the graph (higher thresholds) and save it again")
+        if path.suffix.lower() == ".safetensors":
+            graph = check_graph(compact_to_json(path, name), path.name)
+            with self._lock:
+                self._cache[path] = (key, graph)
+            return graph
         try:
             text = path.read_bytes().decode("utf-8")
             data = json.loads(text)
@@ -104,11 +113,39 @@ class GraphFolder:
         for name in self.listing():
             try:
                 g = self.load(name)
-            except (InputError, KeyError) as exc:
+            except (SaescopeError, KeyError) as exc:
                 rows.append(GraphSummary(name, error=str(exc)))
                 continue
             rows.append(GraphSummary(name, g["metadata"].get("prompt"), len(g["nodes"]), len(g["links"])))
         return rows
+
+
+def is_compact_graph(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file whose header says it is saescope's compact graph (header only)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 1 << 24:
+                return False
+            head = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(head, dict) and isinstance(head.get("__metadata__"), dict) \
+        and "saescope_graph" in head["__metadata__"]
+
+
+def compact_to_json(path: Path, name: str) -> dict:
+    """A compact graph (``saescope trace --out NAME.safetensors``) as Neuronpedia's JSON, pruned with the default
+    thresholds (``saescope.graph.to_json``; no labels: a ``.json`` from ``saescope trace`` carries them)."""
+    try:
+        from ..graph import load_graph, to_json
+    except ImportError:
+        raise InputError(f"{path.name}: reading a compact graph needs saescope.graph, which this installation "
+                         "lacks") from None
+    try:
+        return to_json(load_graph(path), slug=name)
+    except SaescopeError as exc:         # the file's name, as every other message here (not the full path)
+        raise InputError(str(exc).replace(str(path), path.name)) from None
 
 
 def _need(cond: bool, where: str, what: str) -> None:

@@ -37,7 +37,7 @@ def router(st, forms):
     from fastapi import APIRouter, HTTPException
     from fastapi.responses import HTMLResponse
 
-    from ..errors import InputError
+    from ..errors import SaescopeError
     from ..report import html
     from ..site import sae_name
     from .graph_files import feature_link_layers
@@ -63,7 +63,7 @@ def router(st, forms):
             return folder.load(name), None
         except KeyError:
             return None, not_found(name)
-        except InputError as exc:
+        except SaescopeError as exc:
             return None, page("unreadable graph", f"<h1>Graph {escape(name)} cannot be shown</h1>"
                                                   f"<p class=\"err\">{escape(str(exc))}</p><p><a href=\"/graphs\">"
                                                   "All graphs</a></p>", status=422)
