@@ -158,7 +158,7 @@
   function supernodeOf(id) { return S.supernodes.find(s => s.indexOf(id, 1) > 0); }
 
   // ---- main graph -----------------------------------------------------------------------------------------------
-  let L = null;
+  let L = null, edgeEls = new Map();
   function draw() {
     const svg = $("graph-svg");
     svg.textContent = "";
@@ -176,7 +176,13 @@
       el("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, rx: 6, class: "supernode-box", "data-name": s[0] }, gs);
       el("text", { x: x1 + 2, y: y1 - 3, class: "supernode-label" }, gs).textContent = s[0];
     });
-    drawEdges(svg, v.edges, L.pos, "edges");
+    edgeEls = new Map(); lit = [];
+    drawEdges(svg, v.edges, L.pos, "edges").querySelectorAll("path.edge").forEach(p => {
+      for (const id of [p.dataset.source, p.dataset.target]) {
+        if (!edgeEls.has(id)) edgeEls.set(id, []);
+        edgeEls.get(id).push(p);
+      }
+    });
     const gn = el("g", { class: "nodes" }, svg), pinned = new Set(S.pinned);
     v.nodes.forEach(n => {
       const p = L.pos.get(n.node_id);
@@ -210,10 +216,12 @@
     highlight(S.clicked);
   }
 
+  let lit = [];                           // the highlighted edge elements (no pass over every edge per hover)
   function highlight(id) {
-    const svg = $("graph-svg");
-    svg.classList.toggle("focus", !!id);
-    svg.querySelectorAll(".edge").forEach(p => p.classList.toggle("hl", !!id && (p.dataset.source === id || p.dataset.target === id)));
+    $("graph-svg").classList.toggle("focus", !!id);
+    lit.forEach(p => p.classList.remove("hl"));
+    lit = id ? (edgeEls.get(id) || []) : [];
+    lit.forEach(p => p.classList.add("hl"));
   }
 
   function edgeRows(list, end, title) {
