@@ -151,6 +151,21 @@ def test_pin_and_supernode(server, page):
     assert [e[:2] for e in sub_edges] == [["sn:say cat", "1_5_3"]]
     assert sub_edges[0][2].endswith(": 1.800")            # 0.7 + 1.1, the two members' edges summed
     _shot(page, "browser-graph-supernode.png")
+    # a second group of the same name gets its own name; "download with pins" writes them into qParams
+    page.check("input.sel[data-id='1_5_3']")
+    page.fill("#supernode-name", "say cat")
+    page.click("#group-go")
+    assert page.eval_on_selector_all("#supernodes .sn", "els => els.map(e => e.dataset.name)") == ["say cat", "say cat (2)"]
+    with page.expect_download() as dl:
+        page.click("#graph-download")
+    saved = json.loads(Path(dl.value.path()).read_text())
+    from circuit_tracer.frontend.graph_models import Model
+
+    Model.model_validate(saved)
+    assert saved["qParams"]["pinnedIds"] == ["1_5_3", "0_7_1", "0_3_2"] and saved["qParams"]["clickedId"] == "1_5_3"
+    assert saved["qParams"]["supernodes"] == [["say cat", "0_7_1", "0_3_2"], ["say cat (2)", "1_5_3"]]
+    assert saved["nodes"] == build_graph(transcoders=["tiny:another-transcoder", SERVED])["nodes"]
+    page.click("#supernodes .sn[data-name='say cat (2)'] .ungroup")
     # a reload restores pins and supernodes from the URL
     page.reload()
     page.wait_for_selector("#subgraph-svg g.snode.supernode")

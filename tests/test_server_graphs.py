@@ -139,6 +139,11 @@ def test_file_limits(tmp_path):
     with pytest.raises(InputError, match=r"nodes\[3\]\.ctx_idx: missing or not a position of the 5 prompt tokens"):
         GraphFolder([tmp_path]).load("big")
     g = build_graph()
+    g["nodes"][6]["layer"] = "mlp"
+    (tmp_path / "big.json").write_text(json.dumps(g))
+    with pytest.raises(InputError, match=r"nodes\[6\]\.layer: 'mlp' is not a layer number"):
+        GraphFolder([tmp_path]).load("big")
+    g = build_graph()
     g["links"][0]["weight"] = float("nan")
     (tmp_path / "big.json").write_text(json.dumps(g))
     with pytest.raises(InputError, match=r"links\[0\]\.weight: missing or not a finite number"):

@@ -179,8 +179,10 @@ def check_graph(data, fname: str) -> dict:
         _need(isinstance(n.get("node_id"), str) and n["node_id"] != "", f"{at}.node_id", "missing or not a string")
         _need(n["node_id"] not in ids, f"{at}.node_id", f"{n['node_id']!r} appears twice")
         ids.add(n["node_id"])
-        _need(isinstance(n.get("layer"), (str, int)) and not isinstance(n.get("layer"), bool), f"{at}.layer",
-              "missing or not a string")
+        layer = n.get("layer")
+        _need(isinstance(layer, (str, int)) and not isinstance(layer, bool), f"{at}.layer", "missing or not a string")
+        _need(n.get("feature_type") == "embedding" or str(layer).isdigit(), f"{at}.layer",
+              f"{str(layer)[:20]!r} is not a layer number")
         _need(isinstance(n.get("ctx_idx"), int) and not isinstance(n.get("ctx_idx"), bool)
               and 0 <= n["ctx_idx"] < max(len(toks), 1), f"{at}.ctx_idx",
               f"missing or not a position of the {len(toks)} prompt tokens")

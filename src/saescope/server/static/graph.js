@@ -294,13 +294,25 @@
   $("group-go").addEventListener("click", () => {
     const ids = S.pinned.filter(id => S.selected.has(id));
     if (!ids.length) { $("supernode-name").placeholder = "select pinned nodes first"; return; }
-    const name = $("supernode-name").value.trim() || "group " + (S.supernodes.length + 1);
+    let name = $("supernode-name").value.trim() || "group " + (S.supernodes.length + 1);
+    const taken = new Set(S.supernodes.map(s => s[0]));
+    for (let k = 2; taken.has(name); k++) name = name.replace(/ \(\d+\)$/, "") + ` (${k})`;
     S.supernodes = S.supernodes.map(s => s.filter((x, j) => j === 0 || !ids.includes(x))).filter(s => s.length > 1);
     S.supernodes.push([name, ...ids]);
     S.selected.clear(); $("supernode-name").value = "";
     update();
   });
   $("pin-clear").addEventListener("click", () => { S.pinned = []; S.supernodes = []; S.selected.clear(); update(); });
+  $("graph-download").addEventListener("click", () => {
+    // the graph file with this view's pins, supernodes and clicked node in qParams (Neuronpedia reads them)
+    const out = Object.assign({}, G, { qParams: Object.assign({}, G.qParams || {}, { pinnedIds: S.pinned.slice(),
+      supernodes: S.supernodes.map(s => s.slice()), clickedId: S.clicked }) });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([JSON.stringify(out)], { type: "application/json" }));
+    a.download = (C.name || "graph") + ".json";
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  });
 
   function drawSubgraph() {
     // Pinned nodes by layer and position; each supernode drawn as one box, its edges summed.
