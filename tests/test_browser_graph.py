@@ -213,7 +213,7 @@ def test_intervention_panel(server, page):
     page.fill("#intervene-value", "-2.5")
     page.click("#intervene-go")
     page.wait_for_selector("#intervene-out table.iv")
-    assert sent == [{"nodes": ["1_5_3"], "mode": "clamp", "value": -2.5, "max_new_tokens": 12}]
+    assert sent == [{"nodes": ["1_5_3"], "mode": "clamp", "value": -2.5, "max_new_tokens": 12, "all_positions": False}]
     out = page.inner_text("#intervene-out")
     assert "clamped to -2.5" in out and " the mat." in out and " a chair." in out and "0.610" in out
     _shot(page, "browser-graph-intervene.png")

@@ -5,7 +5,8 @@
                                       pin / supernode, thresholds, interventions
     GET  /api/graphs                  [{"name", "prompt", "n_nodes", "n_links", "error"}]
     GET  /api/graph/{name}            the graph file's JSON (Neuronpedia's attribution-graph schema)
-    POST /api/graph/{name}/intervene  {"nodes": [node_id, ...], "mode": "off"|"clamp", "value"?, "max_new_tokens"?}
+    POST /api/graph/{name}/intervene  {"nodes": [node_id, ...], "mode": "off"|"clamp", "value"?, "max_new_tokens"?,
+                                      "top_k"?, "all_positions"?: false (only each node's position) }
                                       -> ``saescope.graph.intervene`` on the graph's prompt with its transcoders
                                       (metadata.transcoder_list, loaded once) and the served model:
                                       {"baseline": {"top": [{"token", "id", "prob"}], "generation"},
@@ -29,6 +30,7 @@ def intervene_model(cfg):
         value: float = Field(0.0, allow_inf_nan=False)
         max_new_tokens: int = Field(16, ge=1, le=cfg.max_new_tokens)
         top_k: int = Field(10, ge=1, le=cfg.max_top_k)
+        all_positions: bool = False      # the edit at every position (generated ones too), not only the node's
 
     return InterveneRequest
 
@@ -124,9 +126,11 @@ def router(st, forms):
         for nid in req.nodes:
             if nid not in known:
                 raise HTTPException(422, f"node {nid!r} is not in graph {name!r}")
-            if known[nid]["feature_type"] != "cross layer transcoder":
-                raise HTTPException(422, f"node {nid!r} is not a transcoder feature: only features can be "
-                                         "turned off or clamped")
+            parts = nid.split("_")
+            if known[nid]["feature_type"] != "cross layer transcoder" or len(parts) != 3 \
+                    or not all(x.isdigit() for x in parts):
+                raise HTTPException(422, f"node {nid!r} is not a transcoder feature ('layer_feature_position'): "
+                                         "only features can be turned off or clamped")
         meta = graph["metadata"]
         specs = meta.get("transcoder_list") if isinstance(meta.get("transcoder_list"), list) else []
         if not specs or not all(isinstance(x, str) and x for x in specs):
@@ -138,7 +142,12 @@ def router(st, forms):
             from ..graph import intervene, load_transcoders
         except ImportError:
             raise HTTPException(501, "interventions need saescope.graph, which this installation lacks") from None
-        edits = [{"node_id": nid, "value": 0.0 if req.mode == "off" else req.value} for nid in req.nodes]
+        value = 0.0 if req.mode == "off" else req.value
+        if req.all_positions:            # node id "{layer}_{feature}_{pos}"
+            edits = [{"layer": int(nid.split("_")[0]), "feature": int(nid.split("_")[1]), "position": None,
+                      "value": value} for nid in req.nodes]
+        else:
+            edits = [{"node_id": nid, "value": value} for nid in req.nodes]
         with st.gen_gate.enter("generations"), st.model_lock:
             key = tuple(specs)
             if key not in transcoders:
@@ -172,6 +181,7 @@ def view_html() -> str:
             "<h2>Intervene</h2><form id=\"intervene-form\"><p class=\"opts\"><label><select id=\"intervene-mode\">"
             "<option value=\"off\">turn off</option><option value=\"clamp\">clamp to</option></select></label> "
             "<input id=\"intervene-value\" class=\"w6\" value=\"0\" title=\"activation the selected features are "
-            "clamped to\"> <label>tokens <input id=\"intervene-max\" type=\"number\" min=\"1\" value=\"12\" "
+            "clamped to\"> <label title=\"also at the other positions and the generated tokens, not only at each node's\">"
+            "<input id=\"intervene-all\" type=\"checkbox\"> every position</label> <label>tokens <input id=\"intervene-max\" type=\"number\" min=\"1\" value=\"12\" "
             "class=\"w4\"></label> <button id=\"intervene-go\" type=\"submit\">Intervene on selected</button> "
             "<span id=\"intervene-err\" class=\"err\"></span></p></form><div id=\"intervene-out\"></div>")

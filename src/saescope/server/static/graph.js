@@ -373,6 +373,9 @@
 
   // ---- interventions -----------------------------------------------------------------------------------------------
   $("intervene-max").max = C.max_new_tokens;
+  const modeChanged = () => { $("intervene-value").disabled = $("intervene-mode").value !== "clamp"; };
+  $("intervene-mode").addEventListener("change", modeChanged);
+  modeChanged();
   function predTable(r) {
     const top = (r && (r.top || r.top_predictions)) || [];
     return "<table class=\"preds\">" + top.map(t => `<tr><td class="tokc">${esc(shown(JSON.stringify(t.token)))}</td>` +
@@ -391,11 +394,12 @@
     out.textContent = "running…";
     try {
       const r = await fetch(C.api + "/intervene", { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ nodes: ids, mode, value: mode === "clamp" ? value : 0, max_new_tokens: parseInt($("intervene-max").value, 10) || 12 }) });
+        body: JSON.stringify({ nodes: ids, mode, value: mode === "clamp" ? value : 0, max_new_tokens: parseInt($("intervene-max").value, 10) || 12,
+          all_positions: $("intervene-all").checked }) });
       const d = await r.json();
       if (!r.ok) { out.textContent = ""; err.textContent = d.detail || ("HTTP " + r.status); return; }
       const b = d.baseline || {}, s = d.intervened || {};
-      out.innerHTML = `<p class="muted">${esc(mode === "off" ? "turned off" : "clamped to " + value)}: ${ids.map(id => esc(shown(label(byId.get(id))))).join(", ")}</p>` +
+      out.innerHTML = `<p class="muted">${esc(mode === "off" ? "turned off" : "clamped to " + value)}${$("intervene-all").checked ? " at every position" : ""}: ${ids.map(id => esc(shown(label(byId.get(id))))).join(", ")}</p>` +
         `<table class="iv"><tr><th>normal</th><th>with the intervention</th></tr><tr><td>${predTable(b)}</td><td class="steered">${predTable(s)}</td></tr>` +
         `<tr><td class="out">${esc(b.text ?? b.generation ?? "")}</td><td class="out steered">${esc(s.text ?? s.generation ?? "")}</td></tr></table>`;
     } catch (e) { out.textContent = ""; err.textContent = String(e); }
