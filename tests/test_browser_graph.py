@@ -38,6 +38,10 @@ def server(one_thread, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("graphs")
     write_graph(d / "cat.json", transcoders=["tiny:another-transcoder", SERVED])
+    empty = build_graph(slug="empty")
+    empty["nodes"] = [n for n in empty["nodes"] if n["feature_type"] == "embedding"]
+    empty["links"] = []
+    (d / "empty.json").write_text(json.dumps(empty))
     lm = LanguageModel.from_pretrained("tiny")
     try:                               # a graph traced by saescope.graph, for the end-to-end intervention
         from saescope.graph import trace, write_json
@@ -190,6 +194,16 @@ def test_thresholds_filter_in_the_browser(server, page):
         assert ids == nodes and len(drawn) == len(edges), (node_t, edge_t)
         assert page.inner_text("#graph-counts") == f"{len(nodes)} of 15 nodes, {len(edges)} of 16 edges"
     assert len(_expected(0.25, 0.02)[0]) < len(_expected(1.0, 0.0)[0])
+    assert page.errors == []
+
+
+def test_graph_without_links(server, page):
+    page.goto(server.url + "graph/empty?pinnedIds=E_101_1,not-a-node&supernodes=%5Bbroken")
+    page.wait_for_selector("#graph-svg g.node")
+    assert page.inner_text("#graph-counts") == "5 of 5 nodes, 0 of 0 edges"
+    assert page.locator("#pinned-t tr").count() == 1            # unknown ids and unreadable supernodes are dropped
+    page.hover("g.node[data-id='E_101_1'] > :first-child")     # the shape (a pinned node's label is wider)
+    assert "Emb: The" in page.inner_text("#graph-detail") and "strongest" not in page.inner_text("#graph-detail")
     assert page.errors == []
 
 
