@@ -118,7 +118,9 @@ def test_graph_view_draws_hovers_and_links(server, page):
     _shot(page, "browser-graph-hover.png")
     # layer 1's transcoder is the served SAE: its features link to the feature page; layer 0's do not
     assert page.get_attribute("#graph-detail a.feature-link", "href") == "/feature/5"
-    page.hover("g.node[data-id='0_7_1']")
+    page.hover("g.node[data-id='0_7_1']")      # layer 0: the page of the transcoder the graph records for it
+    assert page.get_attribute("#graph-detail a.feature-link", "href") == "/graph/cat/feature/0/7"
+    page.hover("g.node[data-id='0_0_2']")      # an error node: no feature page
     assert page.locator("#graph-detail a.feature-link").count() == 0
     page.click("g.node[data-id='1_5_3']")
     assert parse_qs(urlparse(page.url).query)["clickedId"] == ["1_5_3"]

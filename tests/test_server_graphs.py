@@ -86,11 +86,26 @@ def test_view_page_embeds_the_graph_and_the_link_layers(client, folder):
     config = _embedded(r.text, "graph-config")
     # transcoder_list[1] is the served SAE: layer 1 features link to /feature/<id>; layer 0 (another one) does not
     assert config["link_layers"] == ["1"] and config["feature_url"] == "/feature/"
+    assert config["transcoder_layers"] == ["0", "1"] and config["layer_feature_url"] == "/graph/cat/feature/"
     assert config["api"] == "/api/graph/cat"
     assert client.get("/static/graph.js").status_code == 200 and client.get("/static/graph.css").status_code == 200
     layer1 = [f for f in FEATURES if f[0] == 1]
     for _, _, idx, *_ in layer1:
         assert client.get(f"/feature/{idx}").status_code == 200       # the link targets exist
+
+
+def test_layer_feature_pages(client):
+    # layer 1's transcoder is the served SAE: its page there; layer 0's is not loadable here: one line, no traceback
+    r = client.get("/graph/cat/feature/1/5")
+    assert r.status_code == 200 and "Feature 5" in r.text and "tiny:resid2-topk" in r.text
+    assert 'href="/graph/cat/feature/1/' in r.text                     # nearest features stay in this transcoder
+    assert client.get("/graph/cat/feature/1/100000").status_code == 404
+    r = client.get("/graph/cat/feature/0/7")
+    assert r.status_code == 422 and "Traceback" not in r.text and "tiny:another-transcoder" in r.text
+    assert client.get("/graph/cat/feature/5/7").status_code == 404       # no transcoder recorded for layer 5
+    assert client.get("/graph/hostile/feature/0/7").status_code == 404   # the graph records none
+    assert client.get("/graph/nope/feature/0/7").status_code == 404
+    assert client.get("/graph/truncated/feature/0/7").status_code == 422
 
 
 def test_hostile_label_stays_inside_its_script(client):

@@ -48,9 +48,14 @@ def test_traced_graph_pages(setup):
     assert page.status_code == 200
     config = json.loads(page.text.split('id="graph-config">')[1].split("</script>")[0])
     assert config["link_layers"] == ["1"]              # the served SAE is layer 1's transcoder
+    assert config["transcoder_layers"] == [str(L) for L in range(lm.info.n_layers)]
     feats = [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder" and n["layer"] == "1"]
     if feats:
         assert client.get("/feature/" + feats[0]["node_id"].split("_")[1]).status_code == 200
+    # another layer's feature page: that layer's transcoder, loaded from the path the graph records
+    for L in (0, 2):
+        r = client.get(f"/graph/cat/feature/{L}/3")
+        assert r.status_code == 200 and str(tcs[L].path) in r.text and "Logit lens" in r.text
 
 
 def _feature_node(graph):

@@ -214,7 +214,7 @@ def layer_transcoders(meta: dict) -> dict[str, str]:
     info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
     for src in (info.get("transcoders"), meta.get("transcoders"), meta.get("transcoder_list")):
         if isinstance(src, dict):
-            return {str(k): _spec(v) for k, v in src.items() if _spec(v)}
+            return {str(k): _spec(v) for k, v in src.items() if _spec(v) and str(k).isdigit()}
         if isinstance(src, list) and src:
             return {str(i): _spec(v) for i, v in enumerate(src) if _spec(v)}
     return {}

@@ -3,6 +3,8 @@
     GET  /graphs                      the saved graphs (``saescope serve --graphs DIR``), one row each
     GET  /graph/{name}                the graph view: nodes by layer and position, edges by weight, hover details,
                                       pin / supernode, thresholds, interventions
+    GET  /graph/{name}/feature/{layer}/{i}   feature i of the transcoder the graph records for that layer (a layer
+                                      whose transcoder is the served SAE links to /feature/{i} instead)
     GET  /api/graphs                  [{"name", "prompt", "n_nodes", "n_links", "error"}]
     GET  /api/graph/{name}            the graph file's JSON (Neuronpedia's attribution-graph schema)
     POST /api/graph/{name}/intervene  {"nodes": [node_id, ...], "mode": "off"|"clamp", "value"?, "max_new_tokens"?,
@@ -16,6 +18,7 @@ A name is looked up in the folder listing (graph_files.GraphFolder), never joine
 a 404 page, an unreadable or malformed file a 422 page with one line naming the file and the field.
 """
 # no "from __future__ import annotations": FastAPI reads the request model from the annotations of local functions
+import threading
 from html import escape
 from urllib.parse import quote
 
@@ -42,12 +45,14 @@ def router(st, forms):
     from ..errors import SaescopeError
     from ..report import html
     from ..site import sae_name
-    from .graph_files import feature_link_layers
+    from .graph_files import feature_link_layers, layer_transcoders
 
     r = APIRouter()
     folder = st.graphs
     InterveneRequest = intervene_model(st.cfg)
     transcoders: dict = {}         # the transcoder set of the last graph intervened on
+    states: dict = {}              # transcoder spec -> AppState, for the feature pages of a graph's other layers
+    states_lock = threading.Lock()
     sae_paths = [st.sae.path] if getattr(st.sae, "path", None) is not None else []
     sae_names = {st.sae_spec, sae_name(st.sae)}
 
@@ -104,12 +109,58 @@ def router(st, forms):
         meta = graph["metadata"]
         config = {"name": name, "api": f"/api/graph/{quote(name)}", "feature_url": "/feature/",
                   "link_layers": feature_link_layers(graph, sae_names, sae_paths),
+                  "layer_feature_url": f"/graph/{quote(name)}/feature/",
+                  "transcoder_layers": sorted(layer_transcoders(meta), key=int),
                   "max_new_tokens": st.cfg.max_new_tokens}
         body = (f"<p class=\"muted\"><a href=\"/graphs\">all graphs</a></p><h1>Graph {escape(name)}</h1>"
                 f"<div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}</div>"
                 f"{view_html()}<script type=\"application/json\" id=\"graph-data\">{html.json_for_html(graph)}"
                 f"</script><script type=\"application/json\" id=\"graph-config\">{html.json_for_html(config)}</script>")
         return page(f"saescope · graph {name}", body, scripts="<script src=\"/static/graph.js\"></script>")
+
+    @r.get("/graph/{name}/feature/{layer}/{index}", response_class=HTMLResponse)
+    def graph_feature_page(name: str, layer: int, index: int):
+        """A feature of the transcoder that a graph records for ``layer`` (loaded on first use; two kept), as the
+        served SAE's feature page shows it: labels, explanations and statistics from its store, else the logit lens."""
+        graph, err = load_or_page(name)
+        if err is not None:
+            return err
+        spec = layer_transcoders(graph["metadata"]).get(str(layer))
+        if spec is None:
+            return page("not found", f"<h1>No transcoder for layer {layer}</h1><p>Graph {escape(name)} does not "
+                                     "record one. <a href=\"/graphs\">All graphs</a></p>", status=404)
+        try:
+            sub = transcoder_state(spec)
+        except SaescopeError as exc:
+            return page("transcoder not loaded", f"<h1>Layer {layer}'s transcoder cannot be shown</h1><p>Graph "
+                                                 f"{escape(name)} records <code>{escape(spec)}</code> for layer "
+                                                 f"{layer}:</p><p class=\"err\">{escape(str(exc))}</p>", status=422)
+        if not 0 <= index < sub.sae.d_sae:
+            return page("not found", f"<h1>No feature {index}</h1><p>This transcoder has {sub.sae.d_sae} features."
+                                     "</p>", status=404)
+        rec = sub.record(index)
+        body = (f"<p class=\"muted\"><a href=\"/graph/{quote(name)}\">graph {escape(name)}</a> · layer {layer} "
+                f"transcoder <code>{escape(spec)}</code></p>")
+        body += html.feature_body(rec, sub.meta, sub.store.hist_edges if sub.has_stats else [],
+                                  link=lambda i: f"/graph/{quote(name)}/feature/{layer}/{i}",
+                                  n_tokens=sub.store.n_tokens if sub.has_stats else None, has_stats=sub.has_stats,
+                                  explanations=sub.explanations(index), nearest=sub.nearest(index),
+                                  dense_density=st.cfg.dense_density)
+        return page(f"Layer {layer} feature {index}" + (f" · {rec.label}" if rec.label else ""), body)
+
+    def transcoder_state(spec: str):
+        from ..report.store import FeatureStore
+        from ..sae import SAE
+        from .state import AppState
+
+        with states_lock:
+            if spec not in states:
+                sae = SAE.from_spec(spec, device=st.lm.device)
+                store, _ = FeatureStore.for_sae_or_note(sae, lm=st.lm)
+                if len(states) >= 2:
+                    states.pop(next(iter(states)))
+                states[spec] = AppState(st.lm, sae, spec, store, st.cfg)
+            return states[spec]
 
     @r.get("/api/graphs")
     def api_graphs():

@@ -27,9 +27,12 @@
     const p = n.node_id.split("_");
     return p.length === 3 && /^\d+$/.test(p[1]) ? parseInt(p[1], 10) : null;
   }
-  function featureHref(n) {
+  const tcLayers = new Set((C.transcoder_layers || []).map(String));
+  function featureHref(n) {              // the served SAE's page, else the page of the layer's recorded transcoder
     const f = featureIndex(n);
-    return f !== null && linkLayers.has(String(n.layer)) ? C.feature_url + f : null;
+    if (f === null) return null;
+    if (linkLayers.has(String(n.layer))) return C.feature_url + f;
+    return tcLayers.has(String(n.layer)) ? C.layer_feature_url + n.layer + "/" + f : null;
   }
   function label(n) {
     if (n.feature_type === "embedding") return "Emb: " + shown(toks[n.ctx_idx] ?? "");
