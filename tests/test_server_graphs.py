@@ -29,6 +29,7 @@ def folder(tmp_path_factory):
     write_graph(d / "cat.json", transcoders=["tiny:another-transcoder", SERVED])
     hostile = build_graph(slug="hostile")
     hostile["nodes"][6]["clerp"] = "</script><script>alert(1)</script><!--"
+    hostile["metadata"]["prompt"] = "<img src=x onerror=alert(1)>"
     (d / "hostile.json").write_text(json.dumps(hostile))
     (d / "truncated.json").write_text('{"metadata": {"prompt_tokens": ["a"]}, "nodes": [')
     dangling = build_graph()
@@ -111,7 +112,8 @@ def test_layer_feature_pages(client):
 def test_hostile_label_stays_inside_its_script(client):
     r = client.get("/graph/hostile")
     assert r.status_code == 200
-    assert "<script>alert(1)" not in r.text and "<!--" not in r.text.split("<main>")[1]
+    assert "<script>alert(1)" not in r.text and "<!--" not in r.text.split("<main>")[1] and "<img" not in r.text
+    assert "<img" not in client.get("/graphs").text and "&lt;img src=x" in client.get("/graphs").text
     data = _embedded(r.text, "graph-data")
     assert data["nodes"][6]["clerp"] == "</script><script>alert(1)</script><!--"
 
