@@ -30,6 +30,7 @@ def folder(tmp_path_factory):
     hostile = build_graph(slug="hostile")
     hostile["nodes"][6]["clerp"] = "</script><script>alert(1)</script><!--"
     hostile["metadata"]["prompt"] = "<img src=x onerror=alert(1)>"
+    hostile["metadata"]["info"] = {"replacement_score": 0.61234, "completeness_score": "<b>"}
     (d / "hostile.json").write_text(json.dumps(hostile))
     (d / "truncated.json").write_text('{"metadata": {"prompt_tokens": ["a"]}, "nodes": [')
     dangling = build_graph()
@@ -89,6 +90,8 @@ def test_view_page_embeds_the_graph_and_the_link_layers(client, folder):
     assert config["link_layers"] == ["1"] and config["feature_url"] == "/feature/"
     assert config["transcoder_layers"] == ["0", "1"] and config["layer_feature_url"] == "/graph/cat/feature/"
     assert config["api"] == "/api/graph/cat"
+    facts = re.search(r'<p class="muted" id="graph-facts">(.*?)</p>', r.text).group(1)
+    assert facts == "5 tokens · 15 nodes · 16 links · pruned at node threshold 0.8 · model saescope-test"
     assert client.get("/static/graph.js").status_code == 200 and client.get("/static/graph.css").status_code == 200
     layer1 = [f for f in FEATURES if f[0] == 1]
     for _, _, idx, *_ in layer1:
@@ -114,6 +117,8 @@ def test_hostile_label_stays_inside_its_script(client):
     assert r.status_code == 200
     assert "<script>alert(1)" not in r.text and "<!--" not in r.text.split("<main>")[1] and "<img" not in r.text
     assert "<img" not in client.get("/graphs").text and "&lt;img src=x" in client.get("/graphs").text
+    facts = re.search(r'<p class="muted" id="graph-facts">(.*?)</p>', r.text).group(1)
+    assert facts.endswith("replacement score 0.612 · model saescope-test")      # a score that is not a number: left out
     data = _embedded(r.text, "graph-data")
     assert data["nodes"][6]["clerp"] == "</script><script>alert(1)</script><!--"
 

@@ -113,7 +113,7 @@ def router(st, forms):
                   "transcoder_layers": sorted(layer_transcoders(meta), key=int),
                   "max_new_tokens": st.cfg.max_new_tokens}
         body = (f"<p class=\"muted\"><a href=\"/graphs\">all graphs</a></p><h1>Graph {escape(name)}</h1>"
-                f"<div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}</div>"
+                f"<div class=\"prompt-box\">{html.show_token(meta.get('prompt') or '')}</div>{facts_html(graph)}"
                 f"{view_html()}<script type=\"application/json\" id=\"graph-data\">{html.json_for_html(graph)}"
                 f"</script><script type=\"application/json\" id=\"graph-config\">{html.json_for_html(config)}</script>")
         return page(f"saescope · graph {name}", body, scripts="<script src=\"/static/graph.js\"></script>")
@@ -209,6 +209,26 @@ def router(st, forms):
         return {**res.to_dict(), "graph": name, "mode": req.mode}
 
     return r
+
+
+SCORES = ("replacement_score", "completeness_score", "max_logit_error", "seconds")
+
+
+def facts_html(graph: dict) -> str:
+    """One line: sizes, the pruning threshold, and the scores a graph records (metadata or metadata.info)."""
+    meta = graph["metadata"]
+    info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+    parts = [f"{len(meta['prompt_tokens'])} tokens", f"{len(graph['nodes'])} nodes", f"{len(graph['links'])} links"]
+    if isinstance(meta.get("node_threshold"), (int, float)):
+        parts.append(f"pruned at node threshold {meta['node_threshold']:g}")
+    for k in SCORES:
+        v = meta.get(k, info.get(k))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{k.replace('_', ' ')} {v:.3g}")
+    for k in ("scan",):
+        if isinstance(meta.get(k), str) and meta[k]:
+            parts.append(f"model {escape(meta[k])}")
+    return f"<p class=\"muted\" id=\"graph-facts\">{' · '.join(parts)}</p>"
 
 
 def view_html() -> str:
