@@ -11,8 +11,8 @@ A graph file is saescope's compact graph (``.safetensors``, shown pruned with th
 ``prompt``, ``prompt_tokens``, ``node_threshold``, ...), ``qParams`` (``pinnedIds``, ``supernodes``, ...),
 ``nodes`` (``node_id``, ``feature``, ``layer``, ``ctx_idx``, ``feature_type``, ``clerp``, ``influence``,
 ``activation``, ...) and ``links`` (``source``, ``target``, ``weight``). A graph's name is its file name without
-the extension (``NAME.json`` first when both exist); a request names a graph, never a path: only names in the listing are opened. A file that is not such a
-graph is a one-line ``InputError`` naming the file and the field.
+the extension (``NAME.json`` first when both exist); a request names a graph, never a path: only names in the
+listing are opened. A file that is not such a graph is a one-line ``InputError`` naming the file and the field.
 """
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ class GraphFolder:
         except UnicodeDecodeError:
             raise InputError(f"{path.name}: not UTF-8 text, so not a graph JSON file") from None
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path.name}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+            where = f"line {exc.lineno}, column {exc.colno}"
+            raise InputError(f"{path.name}: not valid JSON ({where}: {exc.msg})") from None
         except OSError as exc:
             raise InputError(f"{path.name}: cannot be read ({exc.strerror})") from None
         graph = check_graph(data, path.name)

@@ -232,27 +232,7 @@ def facts_html(graph: dict) -> str:
 
 
 def view_html() -> str:
-    """The controls and panels that static/graph.js fills."""
-    return ("<div id=\"graph-controls\" class=\"opts\"><label>node threshold <input id=\"node-threshold\" type=\"range\" "
-            "min=\"0.05\" max=\"1\" step=\"0.01\" value=\"0.8\"> <span id=\"node-threshold-v\"></span></label> "
-            "<label>edge threshold <input id=\"edge-threshold\" type=\"range\" min=\"0\" max=\"1\" step=\"0.01\" "
-            "value=\"0.02\"> <span id=\"edge-threshold-v\"></span></label> <span id=\"graph-counts\" class=\"muted\">"
-            "</span> <span class=\"legend\"><i class=\"pos\"></i> excites <i class=\"neg\"></i> inhibits</span></div>"
-            "<div id=\"graph-wrap\"><div id=\"graph-main\"><svg id=\"graph-svg\" role=\"img\" "
-            "aria-label=\"attribution graph\"></svg></div><aside id=\"graph-side\"><div id=\"graph-detail\" "
-            "class=\"detail\">Hover a node for its details; click it to keep them here.</div></aside></div>"
-            "<h2>Pinned subgraph</h2><p class=\"muted\">Pin nodes from the details panel (or ctrl/⌘-click a node). "
-            "Select pinned nodes to group them into a supernode or to intervene on them.</p>"
-            "<div id=\"pinned\"></div><p><input id=\"supernode-name\" size=\"18\" placeholder=\"supernode name\"> "
-            "<button id=\"group-go\" type=\"button\">group into supernode</button> <button id=\"pin-clear\" "
-            "type=\"button\" class=\"link\">unpin all</button> <button id=\"graph-download\" type=\"button\" class=\"link\" "
-            "title=\"the graph JSON with these pins and supernodes in qParams\">download with pins</button></p>"
-            "<div id=\"supernodes\"></div>"
-            "<svg id=\"subgraph-svg\" role=\"img\" aria-label=\"pinned subgraph\"></svg>"
-            "<h2>Intervene</h2><form id=\"intervene-form\"><p class=\"opts\"><label><select id=\"intervene-mode\">"
-            "<option value=\"off\">turn off</option><option value=\"clamp\">clamp to</option></select></label> "
-            "<input id=\"intervene-value\" class=\"w6\" value=\"0\" title=\"activation the selected features are "
-            "clamped to\"> <label title=\"also at the other positions and the generated tokens, not only at each node's\">"
-            "<input id=\"intervene-all\" type=\"checkbox\"> every position</label> <label>tokens <input id=\"intervene-max\" type=\"number\" min=\"1\" value=\"12\" "
-            "class=\"w4\"></label> <button id=\"intervene-go\" type=\"submit\">Intervene on selected</button> "
-            "<span id=\"intervene-err\" class=\"err\"></span></p></form><div id=\"intervene-out\"></div>")
+    """The controls and panels that static/graph.js fills (templates/graph_view.html)."""
+    from importlib import resources
+
+    return resources.files("saescope.server").joinpath("templates", "graph_view.html").read_text(encoding="utf-8")
