@@ -87,8 +87,8 @@ def _expected(node_t: float, edge_t: float):
 
 def _drawn(page):
     ids = set(page.eval_on_selector_all("#graph-svg g.node", "els => els.map(e => e.dataset.id)"))
-    edges = page.eval_on_selector_all("#graph-svg path.edge", "els => els.map(e => [e.dataset.source, e.dataset.target, "
-                                                              "e.classList.contains('pos') ? 1 : -1])")
+    edges = page.eval_on_selector_all("#graph-svg path.edge", "els => els.map(e => [e.dataset.source, "
+                                      "e.dataset.target, e.classList.contains('pos') ? 1 : -1])")
     return ids, edges
 
 
@@ -153,7 +153,7 @@ def test_pin_and_supernode(server, page):
     sub = page.eval_on_selector_all("#subgraph-svg g.snode", "els => els.map(e => e.dataset.id)")
     assert sorted(sub) == ["1_5_3", "sn:say cat"]
     sub_edges = page.eval_on_selector_all("#subgraph-svg path.edge", "els => els.map(e => [e.dataset.source, "
-                                                                      "e.dataset.target, e.querySelector('title').textContent])")
+                                          "e.dataset.target, e.querySelector('title').textContent])")
     assert [e[:2] for e in sub_edges] == [["sn:say cat", "1_5_3"]]
     assert sub_edges[0][2].endswith(": 1.800")            # 0.7 + 1.1, the two members' edges summed
     _shot(page, "browser-graph-supernode.png")
@@ -161,7 +161,8 @@ def test_pin_and_supernode(server, page):
     page.check("input.sel[data-id='1_5_3']")
     page.fill("#supernode-name", "say cat")
     page.click("#group-go")
-    assert page.eval_on_selector_all("#supernodes .sn", "els => els.map(e => e.dataset.name)") == ["say cat", "say cat (2)"]
+    names = page.eval_on_selector_all("#supernodes .sn", "els => els.map(e => e.dataset.name)")
+    assert names == ["say cat", "say cat (2)"]
     with page.expect_download() as dl:
         page.click("#graph-download")
     saved = json.loads(Path(dl.value.path()).read_text())
@@ -260,7 +261,8 @@ def test_intervention_on_a_traced_graph(server, page):
     cells = page.locator("#intervene-out table.iv > tbody > tr > td")
     for i, side in enumerate(("baseline", "intervened")):
         first = d[side]["top"][0]
-        assert json.dumps(first["token"]) in cells.nth(i).inner_text() and f"{first['prob']:.3f}" in cells.nth(i).inner_text()
+        text = cells.nth(i).inner_text()
+        assert json.dumps(first["token"]) in text and f"{first['prob']:.3f}" in text
     assert cells.nth(3).inner_text().strip() == d["intervened"]["generation"].strip()
     assert page.inner_text("#intervene-err") == "" and page.errors == []
     _shot(page, "browser-graph-traced-intervene.png")

@@ -118,7 +118,7 @@ def test_hostile_label_stays_inside_its_script(client):
     assert "<script>alert(1)" not in r.text and "<!--" not in r.text.split("<main>")[1] and "<img" not in r.text
     assert "<img" not in client.get("/graphs").text and "&lt;img src=x" in client.get("/graphs").text
     facts = re.search(r'<p class="muted" id="graph-facts">(.*?)</p>', r.text).group(1)
-    assert facts.endswith("replacement score 0.612 · model saescope-test")      # a score that is not a number: left out
+    assert facts.endswith("replacement score 0.612 · model saescope-test")      # a non-number score: left out
     data = _embedded(r.text, "graph-data")
     assert data["nodes"][6]["clerp"] == "</script><script>alert(1)</script><!--"
 

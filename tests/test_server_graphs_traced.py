@@ -94,7 +94,8 @@ def test_intervene_route_end_to_end(setup):
     off = client.post("/api/graph/cat/intervene", json={"nodes": [node["node_id"]], "mode": "off"})
     assert off.status_code == 200 and off.json()["baseline"]["top"][:5] == d["baseline"]["top"]
     assert off.json()["nodes"] == [{"layer": layer, "position": pos, "feature": feat, "value": 0.0}]
-    every = client.post("/api/graph/cat/intervene", json={"nodes": [node["node_id"]], "mode": "off", "all_positions": True})
+    every = client.post("/api/graph/cat/intervene",
+                        json={"nodes": [node["node_id"]], "mode": "off", "all_positions": True})
     assert every.status_code == 200
     assert every.json()["nodes"] == [{"layer": layer, "position": None, "feature": feat, "value": 0.0}]
 
