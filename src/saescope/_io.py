@@ -179,10 +179,17 @@ def append_durable(path: Path, data: bytes, keep: int) -> int:
         try:
             os.ftruncate(fd, keep)
             os.lseek(fd, keep, os.SEEK_SET)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                try:
+                    os.ftruncate(fd, keep)   # leave no partial append behind (best effort)
+                except OSError:
+                    pass
+                raise
         finally:
             os.close(fd)
     return keep + len(data)

@@ -164,7 +164,7 @@ class ActivationCache:
         self._buf.append(stored)
         self._buf_rows += acts.shape[0]
         self._buf_contexts += contexts
-        if self._buf_rows >= self.meta.get("commit_tokens", 4096):
+        if self._buf_rows >= min(self.meta.get("commit_tokens", 4096), self.meta["shard_tokens"]):
             self.commit()
 
     @property
