@@ -27,9 +27,10 @@ from . import checkpoint as ckpt
 from . import distributed as ddp
 from .config import TrainConfig
 from .export import build_sae, sae_class, write_sparsity
-from .losses import TrainableSAE, geometric_median
+from .losses import geometric_median
 from .monitor import adam, lr_at, maybe_wandb, metrics_row
 from .sources import StreamSource, resolve_source
+from .variants import make_model, pair_mode
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class _RunState:
     scale: float = 1.0
     nonfinite: int = 0
     density_tokens: int = 0
+    scale_out: float = 1.0      # transcoders: the target's normalisation factor
 
 
 def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
@@ -92,11 +94,17 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         resuming = _check_out_dir(out, cfg, resume)  # every rank checks (same filesystem); only rank 0 writes
         ddp.barrier()
 
-    src = resolve_source(source, cfg, cfg.batch_size)
-    d_in = src.d_in
+    if pair_mode(source, cfg):  # a transcoder: rows are [x | y] pairs (``transcoder.py``)
+        from .transcoder import pair_source
+
+        src = pair_source(source, cfg, cfg.batch_size)
+    else:
+        src = resolve_source(source, cfg, cfg.batch_size)
+    split = getattr(src, "pair_split", None)
+    d_in = split[0] if split else src.d_in
     total = cfg.total_steps
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = TrainableSAE(cfg, d_in, gen, device=device)
+    model = make_model(cfg, d_in, split, gen, device)
     params = [p for p in model.parameters()]
     opt = adam(params, cfg, device)
     st = _RunState()
@@ -116,7 +124,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             raise CheckpointError(f"{out / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE}: does not match this configuration "
                                   f"({type(exc).__name__}); choose another --out") from None
         st = _RunState(step=int(state["step"]), scale=float(state["scale"]), nonfinite=int(state["nonfinite"]),
-                       density_tokens=int(state["density_tokens"]))
+                       density_tokens=int(state["density_tokens"]), scale_out=float(state.get("scale_out", 1.0)))
         if state.get("done") and (out / "cfg.json").exists():
             log.info("%s: run already finished; loading the saved SAE", out)
             SAE, _, _ = sae_class()
@@ -135,6 +143,12 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         sample = sample[torch.isfinite(sample).all(1)]
         if sample.shape[0] == 0:
             raise NumericsError(f"{src.name}: the first {cfg.init_sample_tokens} activations are all NaN/inf")
+        if split:
+            sample, target = sample[:, :d_in], sample[:, d_in:]
+            if cfg.normalize_activations:
+                st.scale_out = math.sqrt(target.shape[1]) / max(float(target.norm(dim=1).mean()), 1e-30)
+            with torch.no_grad():
+                model.b_dec.copy_((target * st.scale_out).mean(0))
         if cfg.normalize_activations:
             mean_norm = float(sample.norm(dim=1).mean())
             if mean_norm <= 0:
@@ -142,7 +156,9 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             st.scale = math.sqrt(d_in) / mean_norm
         sample = sample * st.scale
         with torch.no_grad():
-            if cfg.b_dec_init == "geometric_median":
+            if split:
+                pass  # a transcoder's b_dec is the target's mean (above)
+            elif cfg.b_dec_init == "geometric_median":
                 model.b_dec.copy_(geometric_median(sample[:4096]).to(device))
             elif cfg.b_dec_init == "mean":
                 model.b_dec.copy_(sample.mean(0))
@@ -166,7 +182,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         if not metrics_file.closed:
             metrics_file.flush()
         ckpt.save_state(out, {
-            "step": st.step, "scale": st.scale, "nonfinite": st.nonfinite, "density_tokens": st.density_tokens,
+            "step": st.step, "scale": st.scale, "scale_out": st.scale_out, "nonfinite": st.nonfinite, "density_tokens": st.density_tokens,
             "model": model.state_dict(), "optim": opt.state_dict(), "since_fired": since_fired.cpu(),
             "density_counts": density_counts.cpu(), "done": done, "version": __version__,
         })
@@ -191,12 +207,14 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                 x = x[finite]
                 if x.shape[0] == 0:
                     raise NumericsError(f"{src.name}: a whole batch (step {step}) is NaN/inf; check the activations")
-            x = x * st.scale
+            y = x[:, d_in:] * st.scale_out if split else None
+            x = (x[:, :d_in] if split else x) * st.scale
             dead = (since_fired >= dead_limit) if uses_aux else None
             lr = lr_at(cfg, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            out_step = model.loss(x, dead, l1_scale=min(1.0, (step + 1) / l1_warm))
+            l1_scale = min(1.0, (step + 1) / l1_warm)
+            out_step = model.loss(x, dead, l1_scale) if y is None else model.loss(x, dead, l1_scale, target=y)
             if not math.isfinite(out_step.parts["mse"]):
                 raise NumericsError(f"training diverged at step {step} (loss {float(out_step.loss)}); lower lr")
             opt.zero_grad(set_to_none=True)
@@ -223,7 +241,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             if step >= density_start:
                 density_counts += counts.double()
                 st.density_tokens += int(n_tok.item())
-            if cfg.architecture == "batchtopk":
+            if cfg.batch_level_topk:
                 bmin = out_step.extra.get("batch_min", float("inf"))
                 if world > 1:
                     tb = torch.tensor([bmin], device=device)
@@ -241,7 +259,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
 
             row: dict = {}
             if st.step % cfg.log_every == 0 or st.step == total:
-                row = metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total)
+                row = metrics_row(cfg, model, x if y is None else y, out_step, since_fired, st, lr, world, device, total)
                 last_metrics = row
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(row) + "\n")
@@ -270,7 +288,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         density = torch.zeros(d_sae)
     log_density = torch.log10(density.clamp_min(1e-10))
     meta = dict(src.meta)
-    for key in ("model", "hook", "dataset"):
+    for key in ("model", "hook", "dataset", "target_hook"):
         if getattr(cfg, key) is not None:
             meta[key] = getattr(cfg, key)
     extra = {
@@ -281,9 +299,11 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         "activations": meta.get("activations"),
         "final": {k: v for k, v in last_metrics.items() if isinstance(v, (int, float))},
     }
-    if cfg.architecture == "batchtopk":
+    if cfg.batch_level_topk:
         extra["batchtopk_threshold"] = float(model.batch_threshold)
-    sae = build_sae(model, cfg, st.scale, meta, extra, log_density)
+    if split:
+        extra.update(target_hook=meta.get("target_hook"), skip=cfg.skip, target_scale_folded=st.scale_out)
+    sae = build_sae(model, cfg, st.scale, meta, extra, log_density, scale_out=st.scale_out)
     if out is not None and main:
         sae.save(out)
         if not (out / "sparsity.safetensors").exists():
@@ -313,6 +333,8 @@ def train_from_config(cfg: TrainConfig, activations=None, out_dir=None, resume: 
 
     lm = LanguageModel.from_pretrained(cfg.model, device=cfg.device)
     lm.hook_width(cfg.hook)  # unknown hook -> HookError listing the valid names
+    if cfg.target_hook is not None:
+        lm.hook_width(cfg.target_hook)
     return train_sae((lm, cfg.hook, cfg.dataset), cfg, out_dir=out_dir, resume=resume)
 
 
