@@ -167,3 +167,29 @@ def test_cli_read_and_steer_with_a_transcoder(lm, capsys):
                  "--max-new-tokens", "5", "--seed", "1", "--json", "The king"]) == 0
     steered = json.loads(capsys.readouterr().out)
     assert steered["baseline"] and steered["steered"]
+
+
+def test_cli_harvests_pairs_then_trains_from_them(tmp_path, capsys):
+    docs = tmp_path / "docs.txt"
+    docs.write_text(TEXT * 4)
+    code = main(["harvest", "--model", "tiny", "--hook", HOOK, "--target-hook", OUT, "--dataset", str(docs),
+                 "--tokens", "700", "--context-size", "64", "--out", str(tmp_path / "pairs"), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["tokens"] == 700
+    lm = LanguageModel.from_pretrained("tiny")
+    from saescope.data.activations import ActivationCache
+
+    from saescope.data import iter_texts, token_contexts
+
+    rows = ActivationCache.open(tmp_path / "pairs")[0:63]          # the first context, BOS dropped
+    ids = next(iter(token_contexts(lm, iter_texts(str(docs)), 64, prepend_bos=True, seed=0)))[None]
+    with torch.no_grad():
+        acts = lm.run(ids, capture=[HOOK, OUT])
+    torch.testing.assert_close(rows[:, :256], acts[HOOK][0, 1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rows[:, 256:], acts[OUT][0, 1:], atol=1e-5, rtol=1e-5)
+    # no --target-hook needed: the pair cache says what it holds
+    code = main(["train", "--activations", str(tmp_path / "pairs"), "--architecture", "topk", "--d-sae", "64",
+                 "--k", "4", "--batch-size", "100", "--tokens", "400", "--out", str(tmp_path / "tc"), "--no-plots"])
+    assert code == 0, capsys.readouterr().err
+    sae = SAE.load(tmp_path / "tc")
+    assert sae.is_transcoder and (sae.d_in, sae.d_out) == (256, 256)
+    assert (sae.cfg.metadata.hook_name, sae.cfg.metadata.hook_name_out) == (HOOK, OUT)

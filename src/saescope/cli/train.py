@@ -51,7 +51,8 @@ def _train(args) -> int:
 def _harvest(args) -> int:
     from ..train import harvest_activations
 
-    cache = harvest_activations(args.model, args.hook, args.dataset, args.tokens, args.out, device=args.device,
+    kw = {"target_hook": args.target_hook} if args.target_hook else {}
+    cache = harvest_activations(args.model, args.hook, args.dataset, args.tokens, args.out, device=args.device, **kw,
                                 split=args.split, column=args.column, context_size=args.context_size,
                                 seed=args.seed, batch_size=args.batch_size, exclude_special=not args.include_special,
                                 dtype=args.dtype)
@@ -68,6 +69,8 @@ def register(sub) -> None:
                                    "(sharded, memory-mapped, resumable) for `saescope train --activations`.")
     h.add_argument("--model", required=True, help="HF model id, local directory, or 'tiny'")
     h.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.2.hook_resid_pre")
+    h.add_argument("--target-hook", default=None,
+                   help="also store this hook's activation beside --hook's: (input, target) pairs for a transcoder")
     h.add_argument("--dataset", required=True, help="HF dataset name, or a local .txt/.jsonl/.parquet file or folder")
     h.add_argument("--tokens", type=bounded_int(1, 10**12), required=True, help="number of activations to store")
     h.add_argument("--out", required=True, help="output directory (resumes an interrupted harvest)")

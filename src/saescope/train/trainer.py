@@ -338,11 +338,18 @@ def train_from_config(cfg: TrainConfig, activations=None, out_dir=None, resume: 
     return train_sae((lm, cfg.hook, cfg.dataset), cfg, out_dir=out_dir, resume=resume)
 
 
-def harvest_activations(model: str, hook: str, dataset: str, tokens: int, out, device=None, **kwargs):
-    """``saescope harvest``: load the model and write an ActivationCache (see ``saescope.data.harvest``)."""
+def harvest_activations(model: str, hook: str, dataset: str, tokens: int, out, device=None, target_hook=None,
+                        **kwargs):
+    """``saescope harvest``: load the model and write an ActivationCache (see ``saescope.data.harvest``); with
+    ``target_hook`` a pair cache for transcoders (``transcoder.harvest_pairs``)."""
     from ..data.activations import harvest
     from ..lm import LanguageModel
 
     lm = LanguageModel.from_pretrained(model, device=device)
     lm.hook_width(hook)
+    if target_hook is not None:
+        from .transcoder import harvest_pairs
+
+        lm.hook_width(target_hook)
+        return harvest_pairs(lm, hook, target_hook, dataset, tokens, out, **kwargs)
     return harvest(lm, hook, dataset, tokens, out, **kwargs)

@@ -184,3 +184,58 @@ def pair_stream(lm, hook: str, target_hook: str, dataset, cfg, batch_size: int) 
     src._batch_size = batch_size
     src.pair_split = widths
     return src
+
+
+def harvest_pairs(lm, hook: str, target_hook: str, dataset, tokens: int, out, split: str = "train",
+                  column: str = "text", context_size: int = 128, prepend_bos: bool = True, seed: int = 0,
+                  batch_size: int = 32, exclude_special: bool = True, dtype: str = "float32",
+                  shard_tokens: int = 131072):
+    """Write ``tokens`` ``[x | y]`` pair rows (``hook`` | ``target_hook``) to an ActivationCache at ``out`` (a
+    *pair cache*: ``meta.json`` records ``target_hook`` and ``pair_split``), for ``train --activations``.
+    Resumes an interrupted harvest with the same settings at the last written shard."""
+    from pathlib import Path
+
+    from ..data.activations import (META_FILE, ActivationCache, _batched_contexts, _hook_width,
+                                    _special_token_ids)
+    from ..data.text import iter_texts, token_contexts
+    from ..progress import progress
+
+    out = Path(out)
+    widths = (_hook_width(lm, hook), _hook_width(lm, target_hook))
+    settings = {"model": getattr(lm, "name", None), "hook": hook, "target_hook": target_hook,
+                "pair_split": list(widths), "dataset": dataset if isinstance(dataset, str) else "texts",
+                "split": split, "column": column, "context_size": context_size, "prepend_bos": prepend_bos,
+                "seed": seed, "exclude_special": exclude_special, "target_tokens": int(tokens)}
+    if (out / META_FILE).exists():
+        cache = ActivationCache.open(out)
+        for key, value in settings.items():
+            if cache.meta.get(key) != value:
+                raise InputError(f"{out}: holds a harvest with a different {key} ({cache.meta.get(key)!r}, now "
+                                 f"{value!r}); choose another --out")
+        if cache.meta.get("complete"):
+            return cache
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(f"{out}: is not empty and holds no activation cache; choose an empty or new --out")
+    else:
+        cache = ActivationCache.create(out, sum(widths), settings, dtype=dtype, shard_tokens=shard_tokens)
+    skip, have = int(cache.meta["contexts_done"]), len(cache)
+    texts = iter_texts(dataset, split=split, column=column) if isinstance(dataset, str) else iter(dataset)
+    contexts = token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed)
+    special = _special_token_ids(lm) if exclude_special else None
+    seen = 0
+    with progress(total=int(tokens), initial=have, desc="harvest pairs", unit="tok") as bar:
+        for ids in _batched_contexts(contexts, batch_size):
+            seen += ids.shape[0]
+            if seen <= skip:
+                continue
+            ids = ids[max(0, ids.shape[0] - (seen - skip)):]
+            rows = pair_activations(lm, hook, target_hook, ids, special, widths)[:tokens - have]
+            cache.append(rows, contexts=ids.shape[0])
+            have += rows.shape[0]
+            bar.update(rows.shape[0])
+            if have >= tokens:
+                break
+    cache.finalize()
+    if len(cache) == 0:
+        raise InputError(f"{dataset}: produced no activations (empty dataset?)")
+    return cache

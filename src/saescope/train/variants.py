@@ -10,11 +10,15 @@ from .config import TRANSCODER_ARCHITECTURES, TrainConfig
 
 def pair_mode(source, cfg: TrainConfig) -> bool:
     """True when the run trains a transcoder: ``cfg.target_hook`` is set, or the source is an ``(x, y)`` pair."""
-    from ..data.activations import ActivationCache
+    from pathlib import Path
+
+    from ..data.activations import META_FILE, ActivationCache
 
     pair = cfg.target_hook is not None or (isinstance(source, tuple) and len(source) == 2)
+    if isinstance(source, (str, Path)) and (Path(source) / META_FILE).is_file():
+        source = ActivationCache.open(source)
     if isinstance(source, ActivationCache) and source.meta.get("pair_split"):
-        pair = True
+        pair = True  # a pair cache trains a transcoder, never an SAE of the concatenated rows
     if pair and cfg.architecture not in TRANSCODER_ARCHITECTURES:
         raise ConfigError(f"architecture: transcoders train as {', '.join(TRANSCODER_ARCHITECTURES)}, "
                           f"not {cfg.architecture!r}")
