@@ -114,7 +114,9 @@ def test_bundled_transcoders_match_saelens(lm, layer):
 
     hook, out = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
     ours = SAE.from_spec(f"tiny:mlp{layer}-transcoder")
-    assert ours.is_transcoder and ours.cfg.skip and ours.dtype == torch.float16
+    assert ours.is_transcoder and ours.cfg.skip
+    stored = json.loads((tiny_sae_dir(f"mlp{layer}-transcoder") / "cfg.json").read_text())
+    assert stored["dtype"] == "float16" and stored["architecture"] == "jumprelu_skip_transcoder"
     assert (ours.cfg.metadata.hook_name, ours.cfg.metadata.hook_name_out) == (hook, out)
     theirs = LensSAE.load_from_disk(str(tiny_sae_dir(f"mlp{layer}-transcoder")), device="cpu", dtype="float32")
     assert type(theirs).__name__ == "JumpReLUSkipTranscoder"
