@@ -71,6 +71,38 @@ def unigram_loss(train: torch.Tensor, held: torch.Tensor, vocab: int) -> float:
     return float(-logp[held].mean())
 
 
+def _args_record(args) -> dict:
+    record = {k: str(v) for k, v in vars(args).items() if k != "report_only"}
+    record["out"] = Path(args.out).as_posix()  # as given on the command line (relative by default)
+    return record
+
+
+def held_out_report(model, tok, parts: dict, train_stream: torch.Tensor, ctx: int) -> dict:
+    """Per corpus file: held-out tokens, loss (nats/token), bits per UTF-8 byte, unigram baseline loss."""
+    bos, out = tok.bos_token_id, {}
+    for name, (_, text) in parts.items():
+        stream = encode(tok, text)
+        loss, n = held_out_loss(model, stream, bos, ctx)
+        bpb = loss * n / math.log(2) / len(text.encode("utf-8"))
+        out[name] = {"tokens": n, "loss": round(loss, 4), "bits_per_byte": round(bpb, 4),
+                     "unigram_loss": round(unigram_loss(train_stream, stream, len(tok)), 4)}
+    return out
+
+
+def report_only(out: Path) -> None:
+    """Re-measure the held-out figures of the saved model on the corpus as the loader prepares it now."""
+    model = GPT2LMHeadModel.from_pretrained(out, torch_dtype=torch.float32).eval()
+    tok = GPT2TokenizerFast.from_pretrained(out)
+    parts = train_and_held_out()
+    train_stream = torch.cat([torch.cat([encode(tok, t), torch.tensor([tok.bos_token_id])]) for t, _ in parts.values()])
+    path = out / "training_report.json"
+    report = json.loads(path.read_text())
+    report["held_out"] = held_out_report(model, tok, parts, train_stream, int(report["args"]["ctx"]))
+    report["held_out_note"] = "re-measured with --report-only on the corpus as scripts/corpus.py prepares it"
+    print(json.dumps(report["held_out"], indent=1))
+    path.write_text(json.dumps(report, indent=1) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("src/saescope/assets/tiny/model"))
@@ -84,7 +116,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true", help="keep the saved model; re-measure its held-out figures")
     args = p.parse_args()
+    if args.report_only:
+        report_only(args.out)
+        return
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
@@ -130,14 +166,8 @@ def main() -> None:
     train_minutes = (time.time() - t0) / 60
 
     report = {"parameters": n_params, "vocab": len(tok), "train_tokens_seen": args.steps * args.batch * args.ctx,
-              "train_minutes": round(train_minutes, 1), "args": {k: str(v) for k, v in vars(args).items()}, "held_out": {}}
-    for name, stream in held.items():
-        loss, n = held_out_loss(model, stream, bos, args.ctx)
-        text = parts[name][1]
-        nbytes = len(text.encode("utf-8"))
-        bpb = loss * n / math.log(2) / nbytes
-        report["held_out"][name] = {"tokens": n, "loss": round(loss, 4), "bits_per_byte": round(bpb, 4),
-                                    "unigram_loss": round(unigram_loss(train_stream, stream, len(tok)), 4)}
+              "train_minutes": round(train_minutes, 1), "args": _args_record(args)}
+    report["held_out"] = held_out_report(model, tok, parts, train_stream, args.ctx)
     print(json.dumps(report, indent=1))
     model.half().save_pretrained(args.out, safe_serialization=True)
     (args.out / "training_report.json").write_text(json.dumps(report, indent=1) + "\n")

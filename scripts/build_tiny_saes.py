@@ -91,13 +91,28 @@ def choose_demo(lm, sae, contexts: torch.Tensor, prompt: str, ablate_text: str, 
             "ablate_kl": round(kl[ablate_feature], 4), "samples": n}
 
 
+def evaluate_and_label(lm, sae_id: str, hook: str, held_out: str, contexts: torch.Tensor, ctx: int,
+                       minutes: float | None) -> dict:
+    """eval.json (``saescope eval`` on the held-out slice) and labels.json of a bundled SAE; its report row."""
+    dst = tiny_sae_dir(sae_id)
+    sae = SAE.load(dst, dtype=torch.float32)
+    result = evaluate_sae(lm, sae, [held_out], tokens=42_000, context_size=ctx)
+    (dst / "eval.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    save_labels(make_labels(lm, sae, contexts[:800]), dst)
+    row = {"hook": hook, **{k: result.to_dict()[k] for k in (
+        "l0", "explained_variance", "ce_loss_recovered", "kl_score", "dead_fraction", "tokens")}}
+    old = json.loads((TINY / "saes" / "report.json").read_text()).get(sae_id, {})
+    row["train_minutes"] = minutes if minutes is not None else old.get("train_minutes")
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=6_000_000, help="training tokens per SAE")
     p.add_argument("--stats-tokens", type=int, default=200_000)
     p.add_argument("--only", nargs="*", default=None, help="SAE ids to (re)build")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-train", action="store_true", help="keep the trained SAEs; redo statistics and demo choice")
+    p.add_argument("--skip-train", action="store_true", help="keep the trained SAEs; redo evals, labels, statistics and demo choice")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="tiny", help="model to harvest from (a path for dry runs)")
     p.add_argument("--max-contexts", type=int, default=None, help="cap the harvested contexts (dry runs)")
@@ -119,28 +134,24 @@ def main() -> None:
 
     report = {}
     for sae_id, (hook, overrides) in SAES.items():
-        if args.skip_train or (args.only and sae_id not in args.only):
+        if args.only and sae_id not in args.only:
             continue
-        cfg = TrainConfig(batch_size=4096, total_tokens=args.tokens, lr=4e-4, seed=args.seed, model="tiny", hook=hook,
-                          dataset="shared/corpus: tinyshakespeare + war_and_peace, train split (95%)",
-                          context_size=ctx, prepend_bos=True, plots=True, **overrides)
-        work = Path(tempfile.mkdtemp(prefix=f"tiny-{sae_id}-"))
-        t0 = time.time()
-        sae = train_sae(acts[hook], cfg, out_dir=work / "run")
-        minutes = (time.time() - t0) / 60
-        dst = tiny_sae_dir(sae_id)
-        if dst.exists():
-            shutil.rmtree(dst)
-        sae = SAE.load(work / "run")
-        sae.to(torch.float16).save(dst)
-        for plot in (work / "run").glob("*.png"):
-            shutil.copy(plot, dst / plot.name)
-        sae = SAE.load(dst, dtype=torch.float32)
-        result = evaluate_sae(lm, sae, [held_out_wp], tokens=42_000, context_size=ctx)
-        (dst / "eval.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-        save_labels(make_labels(lm, sae, contexts[:800]), dst)
-        report[sae_id] = {"hook": hook, "train_minutes": round(minutes, 1), **{k: result.to_dict()[k] for k in (
-            "l0", "explained_variance", "ce_loss_recovered", "kl_score", "dead_fraction", "tokens")}}
+        minutes = None
+        if not args.skip_train:
+            cfg = TrainConfig(batch_size=4096, total_tokens=args.tokens, lr=4e-4, seed=args.seed, model="tiny", hook=hook,
+                              dataset="shared/corpus: tinyshakespeare + war_and_peace, train split (95%)",
+                              context_size=ctx, prepend_bos=True, plots=True, **overrides)
+            work = Path(tempfile.mkdtemp(prefix=f"tiny-{sae_id}-"))
+            t0 = time.time()
+            train_sae(acts[hook], cfg, out_dir=work / "run")
+            minutes = round((time.time() - t0) / 60, 1)
+            dst = tiny_sae_dir(sae_id)
+            if dst.exists():
+                shutil.rmtree(dst)
+            SAE.load(work / "run").to(torch.float16).save(dst)
+            for plot in (work / "run").glob("*.png"):
+                shutil.copy(plot, dst / plot.name)
+        report[sae_id] = evaluate_and_label(lm, sae_id, hook, held_out_wp, contexts, ctx, minutes)
         print(sae_id, json.dumps(report[sae_id]))
     if not args.only or "resid2-topk" in args.only:
         sae = SAE.load(tiny_sae_dir("resid2-topk"), dtype=torch.float32)

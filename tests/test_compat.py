@@ -145,3 +145,30 @@ def test_planner_counts_gpt2_small(tmp_path, monkeypatch):
     publish_gpt2_small_configs(tmp_path / "hub", layers=[8])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert model_shape("gpt2").n_params == GPT2_SMALL_PARAMS
+
+
+def test_no_future_or_deprecation_warning_from_saescope_calls(llama_dir):
+    """Loading, reading, caching, linearising and KV-cached generation on a GPT-2 and a Llama model raise no
+    FutureWarning or DeprecationWarning (the pytest config hides them, so they are recorded here explicitly)."""
+    import warnings
+
+    from saescope import steer
+    from saescope.interp.steer import Intervention
+
+    from saescope.assets import tiny_sae_dir
+
+    sae = SAE.load(tiny_sae_dir())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for name in ("tiny", str(llama_dir)):
+            lm = LanguageModel.from_pretrained(name)
+            lm.run(TEXT, capture=["blocks.1.hook_resid_pre"], return_logits=True)
+            with lm.linearized():
+                lm(TEXT, grad=True).sum().backward()
+            lm.generate(TEXT, max_new_tokens=4, do_sample=False)
+            if name == "tiny":
+                with steer(lm, sae, Intervention(1, "clamp", 2.0)):
+                    lm.generate(TEXT, max_new_tokens=4, do_sample=False)
+    bad = [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in seen
+           if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not bad, "\n".join(bad)

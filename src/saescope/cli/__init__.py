@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "saescope.cli.report",    # dashboard, serve
     "saescope.cli.explain",   # explain
     "saescope.cli.plan",      # plan
+    "saescope.cli.graph",     # trace
 ]
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from ..errors import InputError
 from .common import add_model_args, bounded_int, load_model, load_sae, print_json
 
 
@@ -40,16 +42,22 @@ def _serve(args) -> int:
                        max_concurrent_generations=args.max_concurrent_generations,
                        max_concurrent_reads=args.max_concurrent_reads, max_body_bytes=args.max_body_bytes,
                        allowed_hosts=tuple(args.allowed_host or ()))
+    graphs = args.graphs if args.graphs is not None else [p for p in (Path("graphs"),) if p.is_dir()]
+    for g in graphs:
+        if not g.exists():
+            raise InputError(f"--graphs {g}: no such folder or file")
     sock = bind_socket(args.host, args.port)          # a busy port fails before the model loads
     lm = load_model(args)
     sae = load_sae(args, lm)
     store = FeatureStore.for_sae(sae, args.store, lm=lm, allow_mismatch=args.allow_mismatch)
     from ..assets import TINY_DEFAULT_SAE, TINY_MODEL_NAME
 
-    app = create_app(lm, sae, args.sae or f"{TINY_MODEL_NAME}:{TINY_DEFAULT_SAE}", store, cfg)
+    app = create_app(lm, sae, args.sae or f"{TINY_MODEL_NAME}:{TINY_DEFAULT_SAE}", store, cfg, graphs=graphs)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"saescope serving {lm.name} · {sae.cfg.metadata.hook_name} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+    if graphs:
+        print(f"attribution graphs from {', '.join(map(str, graphs))}: http://{shown}:{port}/graphs", flush=True)
     if store is None:
         sys.stderr.write("note: no feature statistics for this SAE; build them with `saescope dashboard` and pass --store\n")
     serve(app, sock)
@@ -82,6 +90,9 @@ def register(sub) -> None:
     p.add_argument("--store", default=None, help="features.sqlite to show (default: the one beside the SAE, if any)")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="serve a feature store built for another SAE anyway (a warning instead of an error)")
+    p.add_argument("--graphs", type=Path, action="append", metavar="DIR",
+                   help="folder of saved attribution graphs (`saescope trace --out DIR/NAME.json`), or one graph "
+                        "file; repeatable; shown at /graphs (default: ./graphs when that folder exists)")
     p.add_argument("--max-text-chars", type=bounded_int(1, 10**6), default=4000, help="cap on text/prompt length")
     p.add_argument("--max-new-tokens", type=bounded_int(1, 1024), default=128, help="cap on generated tokens per request")
     p.add_argument("--max-concurrent-generations", type=bounded_int(1, 64), default=2,

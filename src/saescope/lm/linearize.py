@@ -11,6 +11,10 @@ Inside ``LanguageModel.linearized()`` the forward values are unchanged (bit for 
   ``norms.py``), i.e. the module's exact value with the gradient of the frozen-scale norm.
 
 Hook points of kind ``*.hook_normalized`` also use the frozen scale while linearised.
+
+A fused query/key/value projection (GPT-2's ``attn.c_attn``) returns its query and key columns detached and its value
+columns with the gradient of the value projection alone (same values): query and key are constants for autograd
+anyway, and a backward pass then multiplies by the value third of the weight instead of all of it.
 """
 from __future__ import annotations
 
@@ -103,6 +107,20 @@ def _frozen_scale_hook(facts):
     return hook
 
 
+def _is_fused_qkv(name: str, module: torch.nn.Module) -> bool:
+    return name.endswith("attn.c_attn") and type(module).__name__ == "Conv1D" and getattr(module, "bias", None) is not None
+
+
+def _value_only_hook(module, args, output):
+    x = args[0]
+    d = output.shape[-1] // 3
+    if output.shape[-1] != 3 * x.shape[-1]:
+        return None
+    lin = torch.addmm(module.bias[2 * d:], x.reshape(-1, x.shape[-1]), module.weight[:, 2 * d:]).view(*x.shape[:-1], d)
+    v = output[..., 2 * d:].detach() + (lin - lin.detach()).to(output.dtype)
+    return torch.cat([output[..., :2 * d].detach(), v], -1)
+
+
 @contextmanager
 def linearized(lm) -> Iterator[None]:
     """See the module docstring. Not reentrant with itself; restores the model on exit, also on errors."""
@@ -110,6 +128,9 @@ def linearized(lm) -> Iterator[None]:
         raise HookError("linearized() is already active for this model")
     handles = []
     for name, module in lm.hf_model.named_modules():
+        if _is_fused_qkv(name, module):
+            handles.append(module.register_forward_hook(_value_only_hook))
+            continue
         if not _is_norm(module):
             continue
         w = getattr(module, "weight", None)

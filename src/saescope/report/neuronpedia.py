@@ -85,6 +85,49 @@ def _write_gz(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, write)
 
 
+def _model_id(meta: dict) -> str:
+    name = str(meta.get("model") or "model").rstrip("/")
+    local = meta.get("model_source") == "local"     # recorded by the model layer's one path rule
+    name = name.rsplit("/", 1)[-1] if local else name.replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "model"
+
+
+def _feature_row(rec, where: dict, vector: list, centers: list[float]) -> dict:
+    """One feature in Neuronpedia's feature schema (fields saescope has no data for are empty)."""
+    return {
+        **where, "index": str(rec.index), "maxActApprox": rec.max, "hasVector": bool(vector), "vector": vector,
+        "vectorLabel": rec.label if vector else None, "vectorDefaultSteerStrength": rec.max if vector else 10,
+        "hookName": where["hookName"] if vector else None,
+        "topkCosSimIndices": [], "topkCosSimValues": [],
+        "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
+        "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
+        "correlated_features_indices": [], "correlated_features_pearson": [], "correlated_features_l1": [],
+        "neg_str": [s for s, _ in rec.neg_logits], "neg_values": [v for _, v in rec.neg_logits],
+        "pos_str": [s for s, _ in rec.pos_logits], "pos_values": [v for _, v in rec.pos_logits],
+        "frac_nonzero": rec.density,
+        "freq_hist_data_bar_heights": [c for c in rec.hist if c],
+        "freq_hist_data_bar_values": [x for x, c in zip(centers, rec.hist) if c],
+        "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [], "decoder_weights_dist": [],
+    }
+
+
+def _activation_rows(rec, where: dict, data_source) -> list[dict]:
+    """The feature's top examples and interval samples in Neuronpedia's activation schema."""
+    groups = [(None, None, e) for e in rec.top] + [(iv["lo"], iv["hi"], e) for iv in rec.intervals for e in iv["examples"]]
+    rows = []
+    for j, (lo, hi, ex) in enumerate(groups):
+        mx = max(ex.acts)
+        rows.append({
+            "id": _cuid(where["modelId"], where["layer"], rec.index, j), "tokens": ex.tokens, "index": str(rec.index),
+            "layer": where["layer"], "modelId": where["modelId"], "maxValue": mx, "maxValueTokenIndex": ex.acts.index(mx),
+            "minValue": min(ex.acts), "values": ex.acts, "creatorId": where["creatorId"], "dataSource": data_source,
+            "dataIndex": None, "dfaValues": [], "dfaTargetIndex": None, "dfaMaxValue": None,
+            "createdAt": where["createdAt"], "lossValues": [], "logitContributions": None, "binMin": lo, "binMax": hi,
+            "binContains": None, "qualifyingTokenIndex": ex.center,
+        })
+    return rows
+
+
 def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str | None = None, set_name: str = "saescope",
                        layer: int | None = None, creator_id: str = "saescope", features_per_batch: int = 128,
                        include_vectors: bool = False, sae=None, explanation_type: str | None = None,
@@ -95,11 +138,7 @@ def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str |
     (needs ``sae``) adds each feature's decoder direction as its steering vector.
     """
     meta = store.meta
-    if model_id is None:
-        name = str(meta.get("model") or "model").rstrip("/")
-        local = meta.get("model_source") == "local"     # recorded by the model layer's one path rule
-        name = name.rsplit("/", 1)[-1] if local else name.replace("/", "-")
-        model_id = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "model"
+    model_id = _model_id(meta) if model_id is None else model_id
     hook = str(meta.get("hook") or "")
     if layer is None:
         m = re.match(r"blocks\.(\d+)\.", hook)
@@ -122,59 +161,33 @@ def export_neuronpedia(store: FeatureStore, out_dir: str | Path, model_id: str |
               "num_tokens_in_prompt": cfg.get("context_size"), "hfRepoId": None, "hfFolderId": None,
               "creatorId": creator_id}
     atomic_write_text(src / "source.jsonl", json.dumps(source) + "\n")
+    where = {"modelId": model_id, "layer": source_id, "creatorId": creator_id, "createdAt": created, "hookName": hook}
 
     feats, acts, ffiles, afiles = [], [], [], []
     n_feat = n_act = 0
-    batch = 0
 
-    def flush():
-        nonlocal feats, acts, batch
-        if not feats:
-            return
-        fp, ap = src / "features" / f"batch-{batch}.jsonl.gz", src / "activations" / f"batch-{batch}.jsonl.gz"
-        _write_gz(fp, feats)
-        _write_gz(ap, acts)
-        ffiles.append(fp)
-        afiles.append(ap)
-        feats, acts = [], []
-        batch += 1
+    def write_batch() -> None:
+        batch = len(ffiles)
+        ffiles.append(src / "features" / f"batch-{batch}.jsonl.gz")
+        afiles.append(src / "activations" / f"batch-{batch}.jsonl.gz")
+        _write_gz(ffiles[-1], feats)
+        _write_gz(afiles[-1], acts)
+        feats.clear()
+        acts.clear()
 
     for rec in store.records():
         vector = []
         if include_vectors:
             vector = [round(float(x), 6) for x in sae.feature_directions([rec.index])[0].tolist()]
-        feats.append({
-            "modelId": model_id, "layer": source_id, "index": str(rec.index), "creatorId": creator_id,
-            "createdAt": created, "maxActApprox": rec.max, "hasVector": bool(vector), "vector": vector,
-            "vectorLabel": rec.label if vector else None, "vectorDefaultSteerStrength": rec.max if vector else 10,
-            "hookName": hook if vector else None,
-            "topkCosSimIndices": [], "topkCosSimValues": [],
-            "neuron_alignment_indices": [], "neuron_alignment_values": [], "neuron_alignment_l1": [],
-            "correlated_neurons_indices": [], "correlated_neurons_pearson": [], "correlated_neurons_l1": [],
-            "correlated_features_indices": [], "correlated_features_pearson": [], "correlated_features_l1": [],
-            "neg_str": [s for s, _ in rec.neg_logits], "neg_values": [v for _, v in rec.neg_logits],
-            "pos_str": [s for s, _ in rec.pos_logits], "pos_values": [v for _, v in rec.pos_logits],
-            "frac_nonzero": rec.density,
-            "freq_hist_data_bar_heights": [c for c in rec.hist if c],
-            "freq_hist_data_bar_values": [x for x, c in zip(centers, rec.hist) if c],
-            "logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": [], "decoder_weights_dist": [],
-        })
-        groups = [(None, None, e) for e in rec.top] + [(iv["lo"], iv["hi"], e) for iv in rec.intervals for e in iv["examples"]]
-        for j, (lo, hi, ex) in enumerate(groups):
-            mx = max(ex.acts)
-            acts.append({
-                "id": _cuid(model_id, source_id, rec.index, j), "tokens": ex.tokens, "index": str(rec.index),
-                "layer": source_id, "modelId": model_id, "maxValue": mx, "maxValueTokenIndex": ex.acts.index(mx),
-                "minValue": min(ex.acts), "values": ex.acts, "creatorId": creator_id, "dataSource": meta.get("dataset"),
-                "dataIndex": None, "dfaValues": [], "dfaTargetIndex": None, "dfaMaxValue": None, "createdAt": created,
-                "lossValues": [], "logitContributions": None, "binMin": lo, "binMax": hi, "binContains": None,
-                "qualifyingTokenIndex": ex.center,
-            })
+        feats.append(_feature_row(rec, where, vector, centers))
+        rows = _activation_rows(rec, where, meta.get("dataset"))
+        acts.extend(rows)
         n_feat += 1
-        n_act += len(groups)
+        n_act += len(rows)
         if len(feats) >= features_per_batch:
-            flush()
-    flush()
+            write_batch()
+    if feats:
+        write_batch()
     efiles = export_explanations(store, src, model_id, source_id, creator_id, created, explanation_type,
                                  explanation_model_names, features_per_batch)
     return ExportResult(src, n_feat, n_act, ffiles, afiles, efiles)

@@ -6,7 +6,8 @@
 
 Routes come from the modules in ``ROUTERS`` (each ``router(state, forms) -> APIRouter``): ``pages`` (``/``,
 ``/feature/{id}``, ``/favicon.ico``) and ``api`` (``/healthz``, ``/api/feature/{id}``, ``/api/features``,
-``/api/search``, ``/api/read``, ``/api/steer``, ``/api/attribute``); see their docstrings. ``GET /static/...``
+``/api/search``, ``/api/read``, ``/api/steer``, ``/api/attribute``) and ``graphs`` (``/graphs``, ``/graph/{name}``,
+``/api/graph/{name}``, ``/api/graph/{name}/intervene``: saved attribution graphs); see their docstrings. ``GET /static/...``
 serves the package's server/static directory only. What routes share (model, SAE, store, locks, caches) is an
 ``AppState`` (state.py); the request bodies and their plain-worded errors are in forms.py.
 
@@ -118,8 +119,9 @@ def static_dir() -> str:
     return str(resources.files("saescope.server").joinpath("static"))
 
 
-def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = ServerConfig()):
-    """The FastAPI app serving ``sae`` on ``lm``; ``store``: a FeatureStore (statistics) or None."""
+def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = ServerConfig(), graphs=()):
+    """The FastAPI app serving ``sae`` on ``lm``; ``store``: a FeatureStore (statistics) or None; ``graphs``:
+    folders of saved attribution graphs (and single graph files) shown at /graphs."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -128,7 +130,10 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
     from .forms import plain_message, request_models, validation_message
     from .state import AppState
 
+    from .graph_files import GraphFolder
+
     state = AppState(lm, sae, sae_spec, store, config)
+    state.graphs = GraphFolder(graphs)
     forms = request_models(config)
     app = FastAPI(title="saescope", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
@@ -154,9 +159,9 @@ def create_app(lm, sae, sae_spec: str, store=None, config: ServerConfig = Server
 
 def route_modules() -> tuple:
     """The route groups, each ``router(state, forms) -> fastapi.APIRouter``. Add a new group to this tuple."""
-    from . import api, pages
+    from . import api, graphs, pages
 
-    return (pages.router, api.router)
+    return (pages.router, api.router, graphs.router)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

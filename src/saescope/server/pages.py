@@ -4,6 +4,7 @@
                           attribution
     GET /feature/{id}     a feature page (404 page when out of range), with steering prefilled for the feature
     GET /favicon.ico      the app's icon (SVG)
+    (the attribution-graph pages, /graphs and /graph/{name}, are in graphs.py)
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def router(st, forms):
     def index():
         note = "" if st.has_stats else ("<p class=\"note\">No feature statistics for this SAE: build them with "
                                         "<code>saescope dashboard</code> and pass <code>--store</code>.</p>")
+        graphs = getattr(st, "graphs", None)
+        n_graphs = len(graphs.listing()) if graphs is not None else 0
+        if n_graphs:
+            note += f"<p><a id=\"graphs-link\" href=\"/graphs\">{n_graphs} attribution graph{'s' * (n_graphs > 1)}</a></p>"
         body = html.index_body(st.summaries(), meta, "/feature/{id}",
                                extra=note + read_panel(cfg) + steer_panel(cfg) + attribute_panel(cfg),
                                explanations=st.explanation_summaries(), search_url="/api/search",

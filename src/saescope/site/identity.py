@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import torch
 
+from ..assets import TINY
 from ..errors import ConfigError
 from .fit import same_model
 
@@ -32,14 +34,22 @@ def fingerprint(sae) -> str:
     return h.hexdigest()[:16]
 
 
+def _path_name(sae) -> str | None:
+    """The SAE's directory as the user would name it: ``tiny:<id>`` for a bundled SAE (never this machine's path)."""
+    if not getattr(sae, "path", None):
+        return None
+    try:
+        return f"tiny:{Path(sae.path).resolve().relative_to(TINY / 'saes').as_posix()}"
+    except ValueError:
+        return str(sae.path)
+
+
 def sae_name(sae) -> str:
     """``release:sae_id`` when the SAE came from the registry, else its directory, else a description."""
     meta = sae.cfg.metadata
     if meta.release and meta.sae_id:
         return f"{meta.release}:{meta.sae_id}"
-    if getattr(sae, "path", None):
-        return str(sae.path)
-    return f"{sae.cfg.architecture}-{sae.cfg.d_sae}"
+    return _path_name(sae) or f"{sae.cfg.architecture}-{sae.cfg.d_sae}"
 
 
 def describe(lm, sae) -> dict:
@@ -47,7 +57,7 @@ def describe(lm, sae) -> dict:
     meta = sae.cfg.metadata
     return {"model": getattr(lm, "name", None), "model_source": getattr(lm, "source", None), "hook": meta.hook_name, "hook_out": meta.hook_name_out,
             "d_sae": sae.d_sae, "d_in": sae.d_in, "d_out": sae.d_out, "architecture": sae.cfg.architecture,
-            "sae": sae_name(sae), "sae_path": str(sae.path) if getattr(sae, "path", None) else None,
+            "sae": sae_name(sae), "sae_path": _path_name(sae),
             "release": meta.release, "sae_id": meta.sae_id, "neuronpedia_id": meta.neuronpedia_id,
             "sae_fingerprint": fingerprint(sae)}
 

@@ -10,6 +10,7 @@ Both give ``batch(step, batch_size, rank, world)`` (this rank's share of the glo
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from . import distributed as ddp
 from .config import TrainConfig
 
 
@@ -74,11 +76,18 @@ class ArraySource:
 
 
 class StreamSource:
-    """Batches from an ActivationStream, re-cut to exactly ``batch_size`` rows (each rank keeps its slice)."""
+    """Batches from an ActivationStream, re-cut to exactly the batch size.
+
+    ``sharded``: the stream already holds only this rank's contexts (``stream_from_model`` under DDP), so each rank
+    computes its own ``batch_size / world`` rows. Otherwise (a stream object the caller built) every rank computes
+    the global batch and keeps its slice.
+    """
 
     exact_resume = False
 
-    def __init__(self, make_stream: Callable[[int], Any], d_in: int, name: str, seed: int, meta: dict):
+    def __init__(self, make_stream: Callable[[int], Any], d_in: int, name: str, seed: int, meta: dict,
+                 sharded: bool = False):
+        self.sharded = sharded
         self.make_stream = make_stream
         self.d_in = d_in
         self.name = name
@@ -111,6 +120,8 @@ class StreamSource:
         return x[:batch_size]
 
     def batch(self, step: int, batch_size: int, rank: int, world: int) -> torch.Tensor:
+        if self.sharded:
+            return self._next(batch_size // world)
         x = self._next(batch_size)
         per = x.shape[0] // world
         return x[rank * per:(rank + 1) * per]
@@ -185,21 +196,31 @@ def resolve_source(source, cfg: TrainConfig, batch_size: int):
 
 
 def stream_from_model(lm, hook, dataset, cfg: TrainConfig, batch_size: int):
+    """Activations computed on the fly. Under DDP each rank runs the model on its own contexts only (every
+    ``world``-th context of the same seeded order, from its rank on) and yields ``batch_size / world`` rows a step."""
     from ..data.activations import ActivationStream, _hook_width
     from ..data.text import iter_texts, token_contexts
 
     d_in = _hook_width(lm, hook)
     name = dataset if isinstance(dataset, str) else "texts"
+    rank, world = ddp.rank(), ddp.world_size()
+    per_rank = batch_size // world
 
     def make(seed):
         texts = iter_texts(dataset, split=cfg.dataset_split, column=cfg.dataset_column) if isinstance(dataset, str) \
             else iter(dataset)
         contexts = token_contexts(lm, texts, cfg.context_size, prepend_bos=cfg.prepend_bos, seed=seed)
-        return ActivationStream(lm, hook, contexts, batch_size=batch_size, buffer_tokens=cfg.buffer_tokens, seed=seed,
+        return ActivationStream(lm, hook, shard(contexts, rank, world), batch_size=per_rank,
+                                buffer_tokens=max(1, cfg.buffer_tokens // world), seed=seed + rank,
                                 exclude_special=cfg.exclude_special, harvest_batch_size=cfg.harvest_batch_size)
 
     meta = {"model": getattr(lm, "name", None), "hook": hook, "dataset": name, "context_size": cfg.context_size,
             "prepend_bos": cfg.prepend_bos}
-    src = StreamSource(make, d_in, name, cfg.seed, meta)
-    src._batch_size = batch_size
+    src = StreamSource(make, d_in, name, cfg.seed, meta, sharded=True)
+    src._batch_size = per_rank
     return src
+
+
+def shard(items, rank: int, world: int):
+    """This rank's share of a sequence every rank produces in the same order: items rank, rank + world, ..."""
+    return itertools.islice(items, rank, None, world) if world > 1 else items

@@ -163,6 +163,10 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             elif cfg.b_dec_init == "mean":
                 model.b_dec.copy_(sample.mean(0))
         del sample
+        if world > 1:  # a sharded stream gives each rank its own sample: rank 0's initialisation is everyone's
+            st.scale = float(ddp.broadcast_object(st.scale))
+            with torch.no_grad():
+                model.b_dec.copy_(ddp.broadcast_object(model.b_dec.detach().cpu()).to(device))
     if isinstance(src, StreamSource) and st.step > 0:
         src.start(st.step)
 
