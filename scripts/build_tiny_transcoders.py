@@ -59,6 +59,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="tiny", help="model to harvest from (a path for dry runs)")
+    p.add_argument("--skip-train", action="store_true", help="keep the trained transcoders; redo their evals")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -76,23 +77,11 @@ def main() -> None:
     for layer in args.layers:
         sae_id = f"mlp{layer}-transcoder"
         hook, target_hook = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
-        t0 = time.time()
-        x, y = harvest_pairs(lm, contexts, hook, target_hook)
-        print(f"{sae_id}: harvested {len(x):,} pairs in {time.time() - t0:.0f}s")
-        cfg = TrainConfig(architecture="batchtopk", d_sae=D_SAE, k=K, skip=True, batch_size=4096,
-                          total_tokens=args.tokens, lr=1e-3, seed=args.seed, model="tiny", hook=hook,
-                          target_hook=target_hook, context_size=ctx, prepend_bos=True, plots=False,
-                          dataset="shared/corpus: tinyshakespeare + war_and_peace, train split (95%)")
-        work = Path(tempfile.mkdtemp(prefix=f"tiny-{sae_id}-"))
-        t0 = time.time()
-        train_sae((x, y), cfg, out_dir=work / "run")
-        minutes = (time.time() - t0) / 60
-        del x, y
         dst = tiny_sae_dir(sae_id)
-        if dst.exists():
-            shutil.rmtree(dst)
-        SAE.load(work / "run").to(torch.float16).save(dst)
-        shutil.rmtree(work, ignore_errors=True)
+        path = TINY / "saes" / "report.json"
+        minutes = (json.loads(path.read_text()) if path.exists() else {}).get(sae_id, {}).get("train_minutes", 0.0)
+        if not args.skip_train:
+            minutes = train_one(lm, contexts, sae_id, hook, target_hook, args, ctx)
         sae = SAE.load(dst, dtype=torch.float32)
         result = evaluate_sae(lm, sae, [held_out_wp], tokens=args.eval_tokens, context_size=ctx)
         (dst / "eval.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
@@ -103,10 +92,31 @@ def main() -> None:
                     f"{r['l0']:.1f} | {r['explained_variance']:.3f} | {r['ce_loss_recovered']:.3f} | "
                     f"{r['kl_score']:.3f} | {100 * r['dead_fraction']:.1f}% | {minutes:.1f} min |")
         print(sae_id, json.dumps(report[sae_id]), flush=True)
-        path = TINY / "saes" / "report.json"
         old = json.loads(path.read_text()) if path.exists() else {}
         path.write_text(json.dumps({**old, **report}, indent=1) + "\n")
     print("\n".join(rows))
+
+
+def train_one(lm, contexts, sae_id: str, hook: str, target_hook: str, args, ctx: int) -> float:
+    """Harvest the pairs, train, store fp16 in the package; returns the training minutes."""
+    t0 = time.time()
+    x, y = harvest_pairs(lm, contexts, hook, target_hook)
+    print(f"{sae_id}: harvested {len(x):,} pairs in {time.time() - t0:.0f}s")
+    cfg = TrainConfig(architecture="batchtopk", d_sae=D_SAE, k=K, skip=True, batch_size=4096,
+                      total_tokens=args.tokens, lr=1e-3, seed=args.seed, model="tiny", hook=hook,
+                      target_hook=target_hook, context_size=ctx, prepend_bos=True, plots=False,
+                      dataset="shared/corpus: tinyshakespeare + war_and_peace, train split (95%)")
+    work = Path(tempfile.mkdtemp(prefix=f"tiny-{sae_id}-"))
+    t0 = time.time()
+    train_sae((x, y), cfg, out_dir=work / "run")
+    minutes = (time.time() - t0) / 60
+    del x, y
+    dst = tiny_sae_dir(sae_id)
+    if dst.exists():
+        shutil.rmtree(dst)
+    SAE.load(work / "run").to(torch.float16).save(dst)
+    shutil.rmtree(work, ignore_errors=True)
+    return minutes
 
 
 if __name__ == "__main__":
