@@ -165,6 +165,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         del sample
         if world > 1:  # a sharded stream gives each rank its own sample: rank 0's initialisation is everyone's
             st.scale = float(ddp.broadcast_object(st.scale))
+            st.scale_out = float(ddp.broadcast_object(st.scale_out))
             with torch.no_grad():
                 model.b_dec.copy_(ddp.broadcast_object(model.b_dec.detach().cpu()).to(device))
     if isinstance(src, StreamSource) and st.step > 0:
