@@ -154,18 +154,18 @@ def test_cli_trains_a_transcoder_and_refuses_bad_options(tmp_path, capsys):
 
 
 def test_cli_read_and_steer_with_a_transcoder(lm, capsys):
-    sae = SAE.from_spec("tiny:mlp2-transcoder").float()
+    sae = SAE.from_spec("tiny:mlp1-transcoder").float()
     text = "The king of France went to war"
-    assert main(["read", "--sae", "tiny:mlp2-transcoder", "--top", "3", "--json", text]) == 0
+    assert main(["read", "--sae", "tiny:mlp1-transcoder", "--top", "3", "--json", text]) == 0
     out = json.loads(capsys.readouterr().out)
     ids = lm.to_tokens(text, prepend_bos=True)
     with torch.no_grad():
-        f = sae.encode(lm.run(ids, capture=["blocks.2.ln2.hook_normalized"])["blocks.2.ln2.hook_normalized"])[0]
-    assert out["hook"] == "blocks.2.ln2.hook_normalized"
+        f = sae.encode(lm.run(ids, capture=["blocks.1.ln2.hook_normalized"])["blocks.1.ln2.hook_normalized"])[0]
+    assert out["hook"] == "blocks.1.ln2.hook_normalized"
     top = [feat["index"] for feat in out["tokens"][-1]["features"]]
     assert top == f[-1].topk(3).indices.tolist()
     feature = top[0]
-    assert main(["steer", "--sae", "tiny:mlp2-transcoder", "--feature", str(feature), "--method", "ablate",
+    assert main(["steer", "--sae", "tiny:mlp1-transcoder", "--feature", str(feature), "--method", "ablate",
                  "--max-new-tokens", "5", "--seed", "1", "--json", "The king"]) == 0
     steered = json.loads(capsys.readouterr().out)
     assert steered["baseline"] and steered["steered"]
