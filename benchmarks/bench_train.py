@@ -1,9 +1,11 @@
-"""Training throughput: saescope vs SAELens, side by side in one run (CPU, activations in memory).
+"""Training throughput: saescope vs sparsify and SAELens, side by side in one run (CPU, activations in memory).
 
     python benchmarks/bench_train.py                 # d_in 768, d_sae 12288 (16x), k 32, batch 4096
     python benchmarks/bench_train.py --steps 5 --threads 2
 
-Prints tokens/s for a TopK step (forward, backward, clip, Adam) and a ReLU+L1 step of each library, the
+Prints tokens/s for a TopK step (forward, backward, clip, Adam) of each library (sparsify: eai-sparsify 1.3.3's
+Trainer step: forward with the dead mask, FVU (+ AuxK once latents die) backward, decoder-gradient projection, Adam,
+unit decoder rows), a ReLU+L1 step of saescope and SAELens, the
 ratios, the dense fp32 matmul rate measured in the same run, and the GFLOP/s the saescope TopK step achieves
 (useful work: 2*B*d_in*d_sae for the encoder matmul + 10*B*k*d_in for the sparse parts).
 """
@@ -71,6 +73,29 @@ def saelens_step_times(arch, data, d_sae, k, B, steps) -> list[float]:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
+        if step:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def sparsify_step_times(arch, data, d_sae, k, B, steps) -> list[float]:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    d_in = data.shape[1]
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device="cpu", dtype=torch.float32)
+    opt = torch.optim.Adam(sae.parameters(), lr=4e-4)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    times = []
+    for step in range(steps + 1):
+        x = data[(step * B) % data.shape[0]:][:B]
+        t0 = time.perf_counter()
+        out = sae(x, dead_mask=dead)
+        loss = out.fvu + (out.auxk_loss if out.auxk_loss is not None else 0)
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        sae.set_decoder_norm_to_unit_norm()
         if step:
             times.append(time.perf_counter() - t0)
     return times
@@ -153,10 +178,14 @@ def main():
     rows = {}
     archs = ["topk"] + ([] if args.skip_relu else ["relu"])
     for arch in archs:
-        for lib, fn in (("saescope", saescope_step_times), ("SAELens", saelens_step_times)):
+        libs = [("saescope", saescope_step_times), ("SAELens", saelens_step_times)]
+        if arch == "topk":
+            libs.insert(1, ("sparsify", sparsify_step_times))
+        for lib, fn in libs:
             t = statistics.median(fn(arch, data, d_sae, k, B, args.steps))
             rows[(arch, lib)] = t
             print(f"{arch:5s} {lib:9s} {t * 1000:8.0f} ms/step  {B / t:8.0f} tok/s", flush=True)
+    print(f"topk: saescope / sparsify throughput = {rows[('topk', 'sparsify')] / rows[('topk', 'saescope')]:.2f}x")
     for arch in archs:
         ratio = rows[(arch, "SAELens")] / rows[(arch, "saescope")]
         print(f"{arch}: saescope / SAELens throughput = {ratio:.2f}x")

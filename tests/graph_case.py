@@ -68,12 +68,28 @@ def peer_python() -> str:
 
 def peer_unavailable() -> str | None:
     """Why circuit-tracer (TransformerLens backend) cannot run here, or None."""
+    if peer_python() == sys.executable:        # cheap in-process checks first (a failed import costs seconds)
+        import importlib.util
+
+        if importlib.util.find_spec("circuit_tracer") is None:
+            return "circuit-tracer is not installed"
+        import huggingface_hub.constants as hc
+
+        if not hasattr(hc, "HF_HUB_ENABLE_HF_TRANSFER"):
+            return (f"circuit-tracer 0.5.0 needs huggingface_hub < 1.0 (installed: {huggingface_hub_version()}); "
+                    "set SAESCOPE_CIRCUIT_TRACER_PYTHON to an interpreter where it imports")
     code = ("from circuit_tracer.replacement_model.replacement_model_transformerlens import "
             "TransformerLensReplacementModel")
     r = subprocess.run([peer_python(), "-c", code], capture_output=True, text=True, timeout=300)
     if r.returncode:
         return f"circuit-tracer does not import in {peer_python()}: {r.stderr.strip().splitlines()[-1]}"
     return None
+
+
+def huggingface_hub_version() -> str:
+    from importlib.metadata import version
+
+    return version("huggingface_hub")
 
 
 def run_peer(model_dir, tc_dir, ids: list[int], work, batch: int = 64) -> tuple[dict, dict]:

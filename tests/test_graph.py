@@ -138,7 +138,7 @@ def test_cli_trace(tmp_path, tiny, capsys):
         (tmp_path / "tcs" / f"layer{L}" / "labels.json").write_text(json.dumps(labels))
     out = tmp_path / "g.json"
     assert main(["trace", PROMPT, "--transcoders", str(tmp_path / "tcs"), "--out", str(out), "--json",
-                 "--node-threshold", "0.99", "--edge-threshold", "0.999"]) == 0
+                 "--node-threshold", "1", "--edge-threshold", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["features"] > 0 and out.is_file()
     feats = [n for n in json.loads(out.read_text())["nodes"] if n["feature_type"] == "cross layer transcoder"]

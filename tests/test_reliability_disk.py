@@ -236,10 +236,11 @@ def test_harvest_disk_full(ws, tmp_path):
     out = tmp_path / "acts"
     args = ["harvest", "--model", "tiny", "--hook", "blocks.1.hook_resid_pre", "--dataset", ws / "corpus.txt",
             "--tokens", "600", "--context-size", "32", "--out", out]
-    proc = saescope(args, limit=32 * 1024)                       # meta.json fits, the shard (600 x 256 x 4) does not
-    assert_one_line_disk_error(proc, "shard_00000.npy")
-    meta = json.loads((out / "meta.json").read_text())           # as written before the shard: intact, no shard
-    assert meta["n_tokens"] == 0 and meta["shards"] == [] and sorted(snapshot(out)) == ["meta.json"]
+    proc = saescope(args, limit=32 * 1024)                       # meta.json fits, the rows (600 x 256 x 4) do not
+    assert_one_line_disk_error(proc, "tail.bin")                 # rows are committed to tail.bin before a shard
+    meta = json.loads((out / "meta.json").read_text())           # as written before the rows: intact, nothing kept
+    assert meta["n_tokens"] == 0 and meta["tail_rows"] == 0 and meta["shards"] == []
+    assert sorted(snapshot(out)) == ["meta.json", "tail.bin"] and (out / "tail.bin").stat().st_size == 0
     assert run_in_process(args) == 0
     assert json.loads((out / "meta.json").read_text())["n_tokens"] >= 600 and not temp_files(out)
 

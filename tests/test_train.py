@@ -169,10 +169,10 @@ def test_topk_trains_and_saves_raw_space_sae(data, tmp_path):
 
 
 @pytest.mark.parametrize("arch,kw,min_ev", [
-    ("relu", dict(l1_coefficient=0.5), 0.8),
-    ("batchtopk", {}, 0.8),
-    ("jumprelu", dict(l0_coefficient=0.05, lr=5e-3), 0.9),
-    ("gated", dict(l1_coefficient=5.0, total_tokens=256 * 300), 0.75),
+    ("relu", dict(l1_coefficient=0.5, target_l0=0), 0.8),            # fixed coefficients (target_l0 = 0);
+    ("batchtopk", {}, 0.8),                                          # the target-L0 controller is tested in
+    ("jumprelu", dict(l0_coefficient=0.05, lr=5e-3, target_l0=0), 0.9),  # test_train_sparsity.py
+    ("gated", dict(l1_coefficient=5.0, total_tokens=256 * 300, target_l0=0), 0.75),
 ])
 def test_other_architectures_train_and_load(data, tmp_path, arch, kw, min_ev):
     from saescope.sae import SAE
@@ -375,7 +375,7 @@ def test_relu_sparse_path_equals_dense_gradients():
     """Once few latents are active, ReLU+L1 switches to the sparse path; its gradients equal the dense path's."""
     torch.manual_seed(0)
     d, S, B = 16, 200, 40
-    cfg = TrainConfig(architecture="relu", d_sae=S, l1_coefficient=3.0)
+    cfg = TrainConfig(architecture="relu", d_sae=S, l1_coefficient=3.0, decoder_init_norm=0.1)
     model = TrainableSAE(cfg, d, torch.Generator().manual_seed(2)).double()
     with torch.no_grad():
         model.b_enc.fill_(-0.9)  # few active latents: density below the switch-over

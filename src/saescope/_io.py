@@ -165,3 +165,31 @@ def disk_errors(path):
         if cause is None:
             raise
         raise DiskFullError(disk_full_message(path, cause)) from None
+
+
+def append_durable(path: Path, data: bytes, keep: int) -> int:
+    """Cut ``path`` to its first ``keep`` bytes (dropping a torn earlier append), append ``data``, fsync.
+
+    For append-only logs whose committed length is recorded elsewhere (written after this returns): a crash
+    leaves at most bytes beyond the recorded length, which the next call cuts away. Returns the new length.
+    """
+    path = Path(path)
+    with disk_errors(path):
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            os.ftruncate(fd, keep)
+            os.lseek(fd, keep, os.SEEK_SET)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                try:
+                    os.ftruncate(fd, keep)   # leave no partial append behind (best effort)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+    return keep + len(data)

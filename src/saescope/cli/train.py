@@ -7,6 +7,7 @@ from .common import bounded_int, finite_float, print_json, seed_arg
 _TRAIN_FIELDS = {
     "architecture": "architecture", "k": "k", "expansion": "expansion", "d_sae": "d_sae", "batch_size": "batch_size",
     "tokens": "total_tokens", "lr": "lr", "l1_coefficient": "l1_coefficient", "l0_coefficient": "l0_coefficient",
+    "target_l0": "target_l0",
     "checkpoint_every": "checkpoint_every", "seed": "seed", "device": "device", "model": "model", "hook": "hook",
     "dataset": "dataset", "split": "dataset_split", "column": "dataset_column", "context_size": "context_size",
     "wandb_project": "wandb_project", "log_every": "log_every", "target_hook": "target_hook",
@@ -108,10 +109,13 @@ def register(sub) -> None:
     t.add_argument("--expansion", type=bounded_int(1, 1 << 10), default=None)
     t.add_argument("--d-sae", type=bounded_int(1, 1 << 26), default=None)
     t.add_argument("--batch-size", type=bounded_int(1, 1 << 24), default=None)
-    t.add_argument("--tokens", type=bounded_int(1, 10**13), default=None, help="total training tokens")
+    t.add_argument("--tokens", type=bounded_int(1, 10**13), default=None,
+                   help="total training tokens (default: one pass over --activations, 2M when streaming)")
     t.add_argument("--lr", type=finite_float, default=None)
     t.add_argument("--l1-coefficient", type=finite_float, default=None)
     t.add_argument("--l0-coefficient", type=finite_float, default=None)
+    t.add_argument("--target-l0", type=finite_float, default=None,
+                   help="relu/gated/jumprelu: L0 the sparsity coefficient is steered to (default: k; 0: fixed coefficient)")
     t.add_argument("--checkpoint-every", type=bounded_int(0, 1 << 40), default=None, help="steps between checkpoints")
     t.add_argument("--log-every", type=bounded_int(1, 1 << 40), default=None)
     t.add_argument("--seed", type=seed_arg, default=None)

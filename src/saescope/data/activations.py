@@ -4,9 +4,12 @@
 layer), drops BOS/EOS/padding tokens by default, mixes tokens of many contexts in a seeded shuffle buffer and
 yields ``[batch_size, d_in]`` float32 batches.
 
-``ActivationCache`` is a directory of ``.npy`` shards (memory-mapped on read) plus ``meta.json``. Shards are
-written atomically at context-batch boundaries and ``meta.json`` records how many contexts are complete, so
-``harvest`` resumes an interrupted harvest where it stopped.
+``ActivationCache`` is a directory of ``.npy`` shards (memory-mapped on read) plus ``meta.json``. Rows arrive in
+whole context batches; every ``commit_tokens`` rows (default 4096) they are appended to ``tail.bin`` (raw rows,
+fsync'd) and ``meta.json`` records the committed ``tail_rows`` and how many contexts are complete. A full tail
+becomes the next ``.npy`` shard. ``harvest`` resumes where the last commit stopped (a kill loses at most about
+``commit_tokens`` plus one context batch; Ctrl-C commits what it has first); bytes past ``tail_rows`` left by a
+torn write are cut away on resume.
 """
 from __future__ import annotations
 
@@ -18,12 +21,13 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import append_durable, atomic_write_bytes, atomic_write_json
 from ..errors import HookError, InputError, NumericsError
 from ..progress import progress
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"
+TAIL_FILE = "tail.bin"
 
 
 def _hook_width(lm, hook: str) -> int:
@@ -117,8 +121,8 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
 class ActivationCache:
     """Sharded, memory-mapped activations ``[n_tokens, d_in]`` on disk.
 
-    Write: ``cache = ActivationCache.create(dir, d_in, meta)``; ``cache.append(acts, contexts=n)``;
-    ``cache.finalize()``. Read: ``ActivationCache.open(dir)``; ``len(cache)``, ``cache.shape``,
+    Write: ``cache = ActivationCache.create(dir, d_in, meta)``; ``cache.append(acts, contexts=n)`` (whole
+    contexts); ``cache.commit()`` (durable now; also done every ``commit_tokens`` rows); ``cache.finalize()``. Read: ``ActivationCache.open(dir)``; ``len(cache)``, ``cache.shape``,
     ``cache.take_rows(sorted_indices) -> Tensor [n, d_in]``, ``cache[a:b]``.
     """
 
@@ -134,18 +138,19 @@ class ActivationCache:
     # ---- writing ----------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path, d_in: int, meta: dict | None = None, dtype: str = "float32",
-               shard_tokens: int = 262144) -> "ActivationCache":
+               shard_tokens: int = 262144, commit_tokens: int = 4096) -> "ActivationCache":
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         full = {"format": "saescope-activations/1", "d_in": int(d_in), "dtype": dtype, "shard_tokens": int(shard_tokens),
-                "shards": [], "shard_sizes": [], "shard_contexts": [], "n_tokens": 0, "contexts_done": 0, "complete": False}
+                "commit_tokens": int(commit_tokens), "shards": [], "shard_sizes": [], "shard_contexts": [],
+                "n_tokens": 0, "tail_rows": 0, "tail_contexts": 0, "contexts_done": 0, "complete": False}
         full.update(meta or {})
         cache = cls(path, full)
         atomic_write_json(path / META_FILE, full)
         return cache
 
     def append(self, acts: torch.Tensor, contexts: int = 0) -> None:
-        """Add rows [n, d_in] (and count ``contexts`` finished contexts); full shards are written at once."""
+        """Add rows [n, d_in] (and count ``contexts`` finished contexts); committed every ``commit_tokens`` rows."""
         if acts.shape[-1] != self.d_in:
             raise HookError(f"{self.path}: activation width {acts.shape[-1]} differs from the cache's d_in {self.d_in}")
         rows = acts.detach().cpu().numpy()
@@ -159,24 +164,58 @@ class ActivationCache:
         self._buf.append(stored)
         self._buf_rows += acts.shape[0]
         self._buf_contexts += contexts
-        if self._buf_rows >= self.meta["shard_tokens"]:
-            self.flush()
+        if self._buf_rows >= min(self.meta.get("commit_tokens", 4096), self.meta["shard_tokens"]):
+            self.commit()
 
-    def flush(self) -> None:
+    @property
+    def rows_written(self) -> int:
+        """Rows stored durably (shards + committed tail); ``len(cache)`` counts the shards only."""
+        return int(self.meta["n_tokens"]) + int(self.meta.get("tail_rows", 0))
+
+    def _row_bytes(self) -> int:
+        return self.d_in * np.dtype(self.meta["dtype"]).itemsize
+
+    def commit(self) -> None:
+        """Append the buffered rows to the tail (fsync), then record them in meta.json; a full tail -> shard."""
         if self._buf_rows == 0 and self._buf_contexts == 0:
             return
+        tail_rows = int(self.meta.get("tail_rows", 0))
         if self._buf_rows:
-            arr = np.concatenate(self._buf)
-            name = f"shard_{len(self.meta['shards']):05d}.npy"
-            _atomic_save_npy(self.path / name, arr)
-            self.meta["shards"].append(name)
-            self.meta["shard_sizes"].append(int(arr.shape[0]))
-            self.meta.setdefault("shard_contexts", []).append(int(self._buf_contexts))
-            self.meta["n_tokens"] += int(arr.shape[0])
+            data = np.ascontiguousarray(np.concatenate(self._buf)).tobytes()
+            append_durable(self.path / TAIL_FILE, data, tail_rows * self._row_bytes())
+        self.meta["tail_rows"] = tail_rows + self._buf_rows
+        self.meta["tail_contexts"] = int(self.meta.get("tail_contexts", 0)) + self._buf_contexts
         self.meta["contexts_done"] += self._buf_contexts
-        atomic_write_json(self.path / META_FILE, self.meta)
         self._buf, self._buf_rows, self._buf_contexts = [], 0, 0
+        if self.meta["tail_rows"] >= self.meta["shard_tokens"]:
+            self._promote_tail()
+        else:
+            atomic_write_json(self.path / META_FILE, self.meta)
+
+    def _promote_tail(self) -> None:
+        """The committed tail becomes the next .npy shard (then meta.json, then the tail is emptied)."""
+        rows = int(self.meta.get("tail_rows", 0))
+        if rows:
+            raw = np.fromfile(self.path / TAIL_FILE, dtype=self.meta["dtype"], count=rows * self.d_in)
+            if raw.size != rows * self.d_in:
+                raise InputError(f"{self.path / TAIL_FILE}: shorter than meta.json records; harvest again")
+            name = f"shard_{len(self.meta['shards']):05d}.npy"
+            _atomic_save_npy(self.path / name, raw.reshape(rows, self.d_in))
+            self.meta["shards"].append(name)
+            self.meta["shard_sizes"].append(rows)
+            self.meta.setdefault("shard_contexts", []).append(int(self.meta.get("tail_contexts", 0)))
+            self.meta["n_tokens"] += rows
+        self.meta["tail_rows"], self.meta["tail_contexts"] = 0, 0
+        atomic_write_json(self.path / META_FILE, self.meta)
+        if (self.path / TAIL_FILE).exists():
+            append_durable(self.path / TAIL_FILE, b"", 0)
         self._maps = None
+
+    def flush(self) -> None:
+        """Commit the buffer and turn the tail into a shard."""
+        self.commit()
+        if self.meta.get("tail_rows", 0):
+            self._promote_tail()
 
     def finalize(self) -> "ActivationCache":
         self.flush()
@@ -239,11 +278,13 @@ class ActivationCache:
 
 def harvest(lm, hook: str, dataset, tokens: int, out, split: str = "train", column: str = "text",
             context_size: int = 128, prepend_bos: bool = True, seed: int = 0, batch_size: int = 32,
-            exclude_special: bool = True, dtype: str = "float32", shard_tokens: int = 262144) -> ActivationCache:
+            exclude_special: bool = True, dtype: str = "float32", shard_tokens: int = 262144,
+            commit_tokens: int = 4096) -> ActivationCache:
     """Write ``tokens`` activations of ``lm`` at ``hook`` over ``dataset`` to an ActivationCache at ``out``.
 
     ``dataset``: an HF dataset name, a local file/folder, or an iterable of strings. Resumes an interrupted
-    harvest with the same settings; refuses a directory holding something else.
+    harvest with the same settings (from its last commit, at most about ``commit_tokens`` rows plus one batch of
+    ``batch_size`` contexts back); refuses a directory holding something else.
     """
     from .text import iter_texts, token_contexts
 
@@ -264,14 +305,15 @@ def harvest(lm, hook: str, dataset, tokens: int, out, split: str = "train", colu
             raise HookError(f"{out}: cache d_in {cache.d_in} differs from the hook width {d_in}")
         if cache.meta.get("complete"):
             return cache
-        log.info("resuming harvest at %d tokens", len(cache))
+        log.info("resuming harvest at %d tokens", cache.rows_written)
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: is not empty and holds no activation cache; choose an empty or new --out")
     else:
-        cache = ActivationCache.create(out, d_in, settings, dtype=dtype, shard_tokens=shard_tokens)
+        cache = ActivationCache.create(out, d_in, settings, dtype=dtype, shard_tokens=shard_tokens,
+                                       commit_tokens=commit_tokens)
 
     skip = int(cache.meta["contexts_done"])
-    have = len(cache)
+    have = cache.rows_written
     texts = iter_texts(dataset, split=split, column=column) if isinstance(dataset, str) else iter(dataset)
     contexts = token_contexts(lm, texts, context_size, prepend_bos=prepend_bos, seed=seed)
     special = _special_token_ids(lm)
@@ -293,6 +335,10 @@ def harvest(lm, hook: str, dataset, tokens: int, out, split: str = "train", colu
             bar.update(acts.shape[0])
             if have >= tokens:
                 break
+    except KeyboardInterrupt:
+        cache.commit()  # whole context batches only: the resumed harvest continues exactly after them
+        log.warning("harvest interrupted at %d of %d tokens; run the same command again to resume", have, tokens)
+        raise
     finally:
         bar.close()
     if have < tokens:

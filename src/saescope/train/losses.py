@@ -8,18 +8,24 @@ E||x|| = sqrt(d_in)); the scale is folded back into the exported SAE. The encode
     relu       f = relu(pre);                     L = ||x - x_hat||^2 + l1(t) * sum_i f_i ||W_dec_i||
     topk       f = relu(TopK_k(pre));             L = ||x - x_hat||^2 + aux * AuxK   (sparse fast path)
     batchtopk  f = relu(TopK_{k*B}(pre over the batch)); same loss; threshold = EMA of the smallest kept value
+               (restarted where the LR decay begins, so it reflects the final weights)
     jumprelu   f = pre * H(pre - theta);          L = ||x - x_hat||^2 + l0 * sum_i H(pre_i - theta_i)
-               (theta = exp(log_threshold); straight-through rectangle-kernel gradients for theta)
+               (straight-through rectangle-kernel gradients for theta, Rajamanoharan et al. 2024; theta is a
+               parameter kept >= 0 after each step, not exp(log theta): Adam moves a parameter by ~lr per step,
+               so a log parameter barely moves a threshold in a short run); with jumprelu_sparsity_loss="tanh"
+               the penalty is sum_i tanh(c f_i ||W_dec_i||) instead (Anthropic, 2025); with
+               jumprelu_ste_to_input the pseudo-derivatives reach the encoder too (Anthropic), which a short
+               run needs: otherwise only theta, moving ~lr per step, opposes an encoder that grows faster)
     gated      pi = x_in W_enc + b_gate, mag = x_in (W_enc * exp(r_mag)) + b_mag, f = 1[pi > 0] relu(mag)
                L = ||x - x_hat||^2 + l1 * sum_i relu(pi_i) ||W_dec_i|| + ||x - (relu(pi) W_dec' + b_dec')||^2 (' = detached)
 
+The penalties are multiplied by ``coef_scale`` (warm-up, or the target-L0 controller of ``sparsity.py``).
 with ``x_hat = f @ W_dec + b_dec``; squared errors are summed over d_in and averaged over the batch.
 AuxK (Gao et al. 2024): the top ``aux_k`` pre-activations among dead latents reconstruct the residual
 ``x - x_hat`` (detached), scaled by min(n_dead / aux_k, 1).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -46,38 +52,41 @@ def _rect(x: torch.Tensor) -> torch.Tensor:
 
 
 class _JumpReLU(torch.autograd.Function):
-    """f = pre * H(pre - theta): gradient pre -> H, theta -> -(theta/eps) K((pre - theta)/eps) (pseudo-derivative)."""
+    """f = pre * H(pre - theta): gradient pre -> H, theta -> -(theta/eps) K((pre - theta)/eps) (pseudo-derivative);
+    with ``to_input`` the pseudo-derivative also reaches pre (with the opposite sign), and so the encoder."""
 
     @staticmethod
-    def forward(ctx, pre, theta, bandwidth):
+    def forward(ctx, pre, theta, bandwidth, to_input=False):
         ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
         return pre * (pre > theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, g):
         pre, theta = ctx.saved_tensors
         eps = ctx.bandwidth
+        ste = g * ((theta / eps) * _rect((pre - theta) / eps))
         g_pre = g * (pre > theta).to(g.dtype)
-        g_theta = (g * (-(theta / eps) * _rect((pre - theta) / eps))).sum(0)
-        return g_pre, g_theta, None
+        if ctx.to_input:
+            g_pre = g_pre + ste
+        return g_pre, -ste.sum(0), None, None
 
 
 class _Step(torch.autograd.Function):
-    """H(pre - theta): no gradient to pre, theta -> -(1/eps) K((pre - theta)/eps)."""
+    """H(pre - theta): theta -> -(1/eps) K((pre - theta)/eps); pre -> the opposite with ``to_input``, else none."""
 
     @staticmethod
-    def forward(ctx, pre, theta, bandwidth):
+    def forward(ctx, pre, theta, bandwidth, to_input=False):
         ctx.save_for_backward(pre, theta)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.to_input = bandwidth, to_input
         return (pre > theta).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, g):
         pre, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        g_theta = (g * (-(1.0 / eps) * _rect((pre - theta) / eps))).sum(0)
-        return None, g_theta, None
+        ste = g * ((1.0 / eps) * _rect((pre - theta) / eps))
+        return (ste if ctx.to_input else None), -ste.sum(0), None, None
 
 
 class TrainableSAE(nn.Module):
@@ -97,8 +106,8 @@ class TrainableSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype, device=device))
         if self.arch == "jumprelu":
-            self.log_threshold = nn.Parameter(
-                torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=dtype, device=device))
+            self.threshold = nn.Parameter(
+                torch.full((d_sae,), float(cfg.jumprelu_init_threshold), dtype=dtype, device=device))
         if self.arch == "gated":
             self.r_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
             self.b_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
@@ -114,7 +123,8 @@ class TrainableSAE(nn.Module):
         return torch.addmm(self.b_enc, x_in, self.W_enc_T.t())
 
     def loss(self, x: torch.Tensor, dead: torch.Tensor | None, l1_scale: float = 1.0) -> StepOutput:
-        """x [B, d_in] (normalised); dead [d_sae] bool or None; l1_scale in [0, 1] (warm-up)."""
+        """x [B, d_in] (normalised); dead [d_sae] bool or None; l1_scale multiplies the configured sparsity
+        coefficient (warm-up, or the target-L0 controller)."""
         if self.arch in ("topk", "batchtopk"):
             return self._loss_sparse(x, dead)
         return self._loss_dense(x, l1_scale)
@@ -204,11 +214,14 @@ class TrainableSAE(nn.Module):
             loss = mse + cfg.l1_coefficient * l1_scale * l1
             parts["l1"] = float(l1.detach())
         elif self.arch == "jumprelu":
-            theta = self.log_threshold.exp()
-            f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
+            theta = self.threshold
+            f = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input)
             x_hat = f @ self.W_dec + self.b_dec
             mse = (x_hat - x).pow(2).sum(-1).mean()
-            l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum(-1).mean()
+            if cfg.jumprelu_sparsity_loss == "tanh":
+                l0_pen = torch.tanh(cfg.jumprelu_tanh_scale * f * dec_norms).sum(-1).mean()
+            else:
+                l0_pen = _Step.apply(pre, theta, cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input).sum(-1).mean()
             loss = mse + cfg.l0_coefficient * l1_scale * l0_pen
             parts["l0_penalty"] = float(l0_pen.detach())
         elif self.arch == "gated":
@@ -275,6 +288,12 @@ class TrainableSAE(nn.Module):
         return n
 
     @torch.no_grad()
+    def project(self) -> None:
+        """After an optimiser step: keep JumpReLU thresholds >= 0 (projected, so no gradient is ever cut)."""
+        if self.arch == "jumprelu":
+            self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
     def renormalize_decoder(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -317,7 +336,7 @@ class TrainableSAE(nn.Module):
             "b_dec": (self.b_dec / scale).clone(),
         }
         if self.arch == "jumprelu":
-            t["threshold"] = self.log_threshold.exp().clone()
+            t["threshold"] = self.threshold.clone()
         elif self.arch == "batchtopk":
             thr = max(float(self.batch_threshold), 0.0)
             t["threshold"] = torch.full_like(self.b_enc, thr)

@@ -31,6 +31,7 @@ from .losses import geometric_median
 from .monitor import adam, lr_at, maybe_wandb, metrics_row
 from .sources import StreamSource, resolve_source
 from .variants import make_model, pair_mode
+from .sparsity import RunWatch, SparsityController, init_for_target
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         src = resolve_source(source, cfg, cfg.batch_size)
     split = getattr(src, "pair_split", None)
     d_in = split[0] if split else src.d_in
-    total = cfg.total_steps
+    total = max(1, cfg.resolved_total_tokens(src.n) // cfg.batch_size)  # unset: one pass over a finite source
     gen = torch.Generator().manual_seed(cfg.seed)
     model = make_model(cfg, d_in, split, gen, device)
     params = [p for p in model.parameters()]
@@ -112,6 +113,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
     density_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
     density_start = int(total * 0.5)
+    control = SparsityController(cfg, total)
 
     state = ckpt.load_state(out) if resuming else None
     if state is not None:
@@ -120,6 +122,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             opt.load_state_dict(state["optim"])
             since_fired.copy_(state["since_fired"])
             density_counts.copy_(state["density_counts"])
+            control.load_state_dict(state.get("sparsity", {}))
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{out / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE}: does not match this configuration "
                                   f"({type(exc).__name__}); choose another --out") from None
@@ -139,7 +142,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             log.info("%s: no checkpoint yet; starting the run from the beginning", out)
         if isinstance(src, StreamSource):
             src.start(0)
-        sample = src.sample(min(cfg.init_sample_tokens, cfg.total_tokens)).to(device=device, dtype=torch.float32)
+        sample = src.sample(min(cfg.init_sample_tokens, total * cfg.batch_size)).to(device=device, dtype=torch.float32)
         sample = sample[torch.isfinite(sample).all(1)]
         if sample.shape[0] == 0:
             raise NumericsError(f"{src.name}: the first {cfg.init_sample_tokens} activations are all NaN/inf")
@@ -162,6 +165,8 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                 model.b_dec.copy_(geometric_median(sample[:4096]).to(device))
             elif cfg.b_dec_init == "mean":
                 model.b_dec.copy_(sample.mean(0))
+        if control.target is not None:
+            init_for_target(model, sample, control.target)
         del sample
         if world > 1:  # a sharded stream gives each rank its own sample: rank 0's initialisation is everyone's
             st.scale = float(ddp.broadcast_object(st.scale))
@@ -189,12 +194,13 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         ckpt.save_state(out, {
             "step": st.step, "scale": st.scale, "scale_out": st.scale_out, "nonfinite": st.nonfinite, "density_tokens": st.density_tokens,
             "model": model.state_dict(), "optim": opt.state_dict(), "since_fired": since_fired.cpu(),
-            "density_counts": density_counts.cpu(), "done": done, "version": __version__,
+            "density_counts": density_counts.cpu(), "sparsity": control.state_dict(), "done": done,
+            "version": __version__,
         })
 
     dead_limit = cfg.dead_after_tokens
-    uses_aux = cfg.sparse_topk
-    l1_warm = max(1, int(cfg.l1_warmup_fraction * total))
+    renorm = cfg.resolved_renormalize_decoder
+    watch = RunWatch(cfg, total, src.n, src.name, penalty=not cfg.sparse_topk, target=control.target) if main else None
     last_metrics: dict = {}
     bar_kw = {} if main else {"disable": True}  # one bar, on rank 0
     bar = progress(total=total, initial=st.step, desc=f"train {cfg.architecture}", unit="step", **bar_kw)
@@ -203,68 +209,54 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     try:
         while st.step < total:
             step = st.step
+            # 1. this rank's share of the batch: finite rows only, in normalised units
             x = src.batch(step, cfg.batch_size, rank, world).to(device=device, dtype=torch.float32)
-            finite = torch.isfinite(x).all(1)
-            if not bool(finite.all()):
-                bad = int((~finite).sum())
-                st.nonfinite += bad
-                log.warning("step %d: skipped %d activation rows containing NaN/inf (%d so far)", step, bad, st.nonfinite)
-                x = x[finite]
-                if x.shape[0] == 0:
-                    raise NumericsError(f"{src.name}: a whole batch (step {step}) is NaN/inf; check the activations")
-            y = x[:, d_in:] * st.scale_out if split else None
+            x = _finite_rows(x, st, step, src.name)
+            y = x[:, d_in:] * st.scale_out if split else None  # a transcoder's target
             x = (x[:, :d_in] if split else x) * st.scale
-            dead = (since_fired >= dead_limit) if uses_aux else None
+            # 2. the architecture's loss (TopK: AuxK over dead latents; penalties: the controlled coefficient)
+            dead = (since_fired >= dead_limit) if cfg.sparse_topk else None
             lr = lr_at(cfg, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            l1_scale = min(1.0, (step + 1) / l1_warm)
-            out_step = model.loss(x, dead, l1_scale) if y is None else model.loss(x, dead, l1_scale, target=y)
+            l1_scale = control.scale(step)
+            out_step = model.loss(x, dead, l1_scale=l1_scale) if y is None else model.loss(x, dead, l1_scale, target=y)
             if not math.isfinite(out_step.parts["mse"]):
                 raise NumericsError(f"training diverged at step {step} (loss {float(out_step.loss)}); lower lr")
+            # 3. gradients averaged over ranks; decoder-norm projection, clip, Adam, parameter constraints
             opt.zero_grad(set_to_none=True)
             out_step.loss.backward()
             ddp.average_gradients(params)
-            renorm = cfg.resolved_renormalize_decoder
             if renorm:
                 model.remove_parallel_grad()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            model.project()
             if renorm:
                 model.renormalize_decoder()
-            # dead-latent and density statistics over the global batch
-            counts = out_step.fire_counts
-            n_tok = torch.tensor([float(x.shape[0])], device=device)
-            if world > 1:
-                packed = torch.cat([counts, n_tok])
-                ddp.all_reduce_sum_(packed)
-                counts, n_tok = packed[:-1], packed[-1:]
-            fired = counts > 0
-            since_fired += int(n_tok.item())
-            since_fired[fired] = 0
+            # 4. statistics of the global batch: firing counters, density, L0 controller, BatchTopK threshold
+            counts, n_tok = _global_counts(out_step.fire_counts, x.shape[0], world, device)
+            since_fired += n_tok
+            since_fired[counts > 0] = 0
             if step >= density_start:
                 density_counts += counts.double()
-                st.density_tokens += int(n_tok.item())
+                st.density_tokens += n_tok
+            control.update(float(counts.sum()) / n_tok)
             if cfg.batch_level_topk:
-                bmin = out_step.extra.get("batch_min", float("inf"))
-                if world > 1:
-                    tb = torch.tensor([bmin], device=device)
-                    torch.distributed.all_reduce(tb, op=torch.distributed.ReduceOp.MIN)
-                    bmin = float(tb)
-                model.update_batch_threshold(bmin if math.isfinite(bmin) else None, cfg.batchtopk_threshold_momentum)
+                if step == int(total * max(0.5, 1.0 - cfg.lr_decay_fraction)):
+                    model.batch_threshold.fill_(-1.0)  # estimate the inference threshold on the final weights
+                _update_batchtopk_threshold(model, out_step, cfg, world, device)
             if cfg.resample_dead_every and (step + 1) % cfg.resample_dead_every == 0 and step + 1 < total:
-                dead_now = since_fired >= dead_limit
-                rgen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + step)  # same on every rank
-                n_res = model.resample(dead_now, x, out_step.x_hat, opt, rgen) if world == 1 else 0
-                if n_res:
-                    since_fired[dead_now] = 0
-                    log.info("step %d: resampled %d dead latents", step + 1, n_res)
+                _resample(model, since_fired >= dead_limit, since_fired, x, out_step, opt, cfg, step, world)
             st.step = step + 1
-
+            # 5. report: metrics row (every log_every steps), warnings, progress bar, checkpoint, callback
             row: dict = {}
             if st.step % cfg.log_every == 0 or st.step == total:
                 row = metrics_row(cfg, model, x if y is None else y, out_step, since_fired, st, lr, world, device, total)
+                if control.target is not None:
+                    row["sparsity_coefficient"] = control.scale(step) * (
+                        cfg.l0_coefficient if cfg.architecture == "jumprelu" else cfg.l1_coefficient)
                 last_metrics = row
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(row) + "\n")
@@ -273,6 +265,9 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                     wandb_run.log(row, step=st.step)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}",
                                 dead=f"{100 * row['dead_fraction']:.1f}%", refresh=False)
+            if watch is not None:
+                # the loss is watched only at a fixed coefficient (a controller raising it raises the loss)
+                watch.update(step, float(out_step.loss.detach()) if control.target is None else math.nan, control.l0_ema)
             bar.update(1)
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.step < total:
                 save_checkpoint()
@@ -299,6 +294,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     extra = {
         "saescope_version": __version__, "architecture": cfg.architecture, "tokens": st.step * cfg.batch_size,
         "steps": st.step, "seed": cfg.seed, "batch_size": cfg.batch_size, "lr": cfg.lr, "k": cfg.k,
+        "target_l0": control.target,
         "input_scale_folded": st.scale, "nonfinite_rows_skipped": st.nonfinite, "world_size": world,
         "model": meta.get("model"), "hook": meta.get("hook"), "dataset": meta.get("dataset"),
         "activations": meta.get("activations"),
@@ -325,6 +321,48 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         wandb_run.finish()
     ddp.barrier()
     return sae
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _finite_rows(x: torch.Tensor, st: _RunState, step: int, name: str) -> torch.Tensor:
+    """Drop (and count) rows holding NaN/inf; a whole bad batch is an error."""
+    finite = torch.isfinite(x).all(1)
+    if bool(finite.all()):
+        return x
+    bad = int((~finite).sum())
+    st.nonfinite += bad
+    log.warning("step %d: skipped %d activation rows containing NaN/inf (%d so far)", step, bad, st.nonfinite)
+    x = x[finite]
+    if x.shape[0] == 0:
+        raise NumericsError(f"{name}: a whole batch (step {step}) is NaN/inf; check the activations")
+    return x
+
+
+def _global_counts(counts: torch.Tensor, rows: int, world: int, device) -> tuple[torch.Tensor, int]:
+    """Per-latent firing counts [d_sae] and token count, summed over ranks."""
+    if world == 1:
+        return counts, rows
+    packed = torch.cat([counts, torch.tensor([float(rows)], device=device, dtype=counts.dtype)])
+    ddp.all_reduce_sum_(packed)
+    return packed[:-1], int(packed[-1].item())
+
+
+def _update_batchtopk_threshold(model, out_step, cfg: TrainConfig, world: int, device) -> None:
+    """EMA of the smallest kept activation (the global minimum over ranks)."""
+    bmin = out_step.extra.get("batch_min", float("inf"))
+    if world > 1:
+        tb = torch.tensor([bmin], device=device)
+        torch.distributed.all_reduce(tb, op=torch.distributed.ReduceOp.MIN)
+        bmin = float(tb)
+    model.update_batch_threshold(bmin if math.isfinite(bmin) else None, cfg.batchtopk_threshold_momentum)
+
+
+def _resample(model, dead_now, since_fired, x, out_step, opt, cfg: TrainConfig, step: int, world: int) -> None:
+    rgen = torch.Generator().manual_seed(cfg.seed * 7_368_787 + step)  # same on every rank
+    n_res = model.resample(dead_now, x, out_step.x_hat, opt, rgen) if world == 1 else 0
+    if n_res:
+        since_fired[dead_now] = 0
+        log.info("step %d: resampled %d dead latents", step + 1, n_res)
 
 
 def train_from_config(cfg: TrainConfig, activations=None, out_dir=None, resume: bool = False):
