@@ -1,13 +1,13 @@
-"""Train, evaluate, label and describe the bundled SAEs of the tiny model, with saescope's own pipeline.
+"""Train, evaluate, label and describe the bundled SAE of the tiny model, with saescope's own pipeline.
 
 Run after build_tiny_model.py; read top to bottom:
 
     python scripts/build_tiny_saes.py            # about 15 minutes on a 2-core CPU
 
 1. harvest activations of the tiny model on the training split of ../shared/corpus (BOS excluded);
-2. train three SAEs with ``saescope.train_sae``: TopK and ReLU+L1 on blocks.2.hook_resid_pre, TopK on
-   blocks.1.hook_mlp_out;
-3. store them in fp16 inside the package (``saescope/assets/tiny/saes/<id>/``);
+2. train the default SAE with ``saescope.train_sae``: TopK on blocks.2.hook_resid_pre (the MLP transcoders are
+   scripts/build_tiny_transcoders.py's);
+3. store it in fp16 inside the package (``saescope/assets/tiny/saes/<id>/``);
 4. evaluate each with ``saescope.evaluate_sae`` on the held-out slice of War and Peace (eval.json beside it);
 5. label every feature (labels.json), compute dashboard statistics for the default SAE (features.sqlite);
 6. pick the demo's steering feature: one whose logit lens promotes a visible concept word, keeping the
@@ -36,8 +36,6 @@ from saescope.report.tour import TourConfig, count_word, sample_pairs
 SAES = {
     # id: (hook, train config overrides)
     "resid2-topk": ("blocks.2.hook_resid_pre", dict(architecture="topk", d_sae=4096, k=32)),
-    "resid2-relu": ("blocks.2.hook_resid_pre", dict(architecture="relu", d_sae=2048, l1_coefficient=1.5)),
-    "mlp1-topk": ("blocks.1.hook_mlp_out", dict(architecture="topk", d_sae=2048, k=32)),
 }
 CONCEPTS = [" war", " love", " king", " God", " death", " Napoleon", " horse", " army", " blood", " money", " French"]
 

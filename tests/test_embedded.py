@@ -13,7 +13,8 @@ import pytest
 
 from saescope.assets import ASSETS, TINY, tiny_model_dir, tiny_sae_dir
 
-SAE_IDS = ["resid2-topk", "resid2-relu", "mlp1-topk"]
+SAE_IDS = ["resid2-topk"]
+TRANSCODER_IDS = [f"mlp{layer}-transcoder" for layer in range(4)]
 CORPUS = Path(os.environ.get("SAESCOPE_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
 
 
@@ -102,7 +103,7 @@ def test_model_card_states_the_figures():
     card = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text(encoding="utf-8")
     report = json.loads((tiny_model_dir() / "training_report.json").read_text(encoding="utf-8"))
     assert f"{report['held_out']['war_and_peace.txt']['loss']:.2f}" in card
-    for sae_id in SAE_IDS:
+    for sae_id in SAE_IDS + TRANSCODER_IDS:
         ev = json.loads((tiny_sae_dir(sae_id) / "eval.json").read_text(encoding="utf-8"))["explained_variance"]
         assert sae_id in card and f"{ev:.3f}" in card
     assert (TINY / "demo.json").exists()

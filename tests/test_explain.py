@@ -364,5 +364,5 @@ def test_verified_negatives_from_text_on_the_bundled_sae(tmp_path, capsys):
         [sc] = store.explanations(0)[0]["scores"]
     assert sc["judge"] == "oracle" and sc["n"] > 0
     code, _, err = run(capsys, "explain", "--store", str(out), "--explainer", "tokens", "--scorers", "detection",
-                       "--judge", "oracle", "--negatives-from", str(text), "--sae", "tiny:mlp1-topk")
-    assert code == 2 and "built for another SAE: hook blocks.2.hook_resid_pre (this SAE: blocks.1.hook_mlp_out); d_sae 4096 (this SAE: 2048)" in err
+                       "--judge", "oracle", "--negatives-from", str(text), "--sae", "tiny:mlp1-transcoder")
+    assert code == 2 and "built for another SAE: hook blocks.2.hook_resid_pre (this SAE: blocks.1.ln2.hook_normalized); d_sae 4096 (this SAE: 1024)" in err
