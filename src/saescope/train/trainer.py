@@ -99,7 +99,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
     gen = torch.Generator().manual_seed(cfg.seed)
     model = TrainableSAE(cfg, d_in, gen, device=device)
     params = [p for p in model.parameters()]
-    opt = adam(params, cfg, device)
+    opt = adam(model.param_groups(), cfg, device)
     st = _RunState()
     d_sae = model.d_sae
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
@@ -199,7 +199,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             dead = (since_fired >= dead_limit) if cfg.sparse_topk else None
             lr = lr_at(cfg, step, total)
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             out_step = model.loss(x, dead, l1_scale=control.scale(step))
             if not math.isfinite(out_step.parts["mse"]):
                 raise NumericsError(f"training diverged at step {step} (loss {float(out_step.loss)}); lower lr")
