@@ -77,4 +77,7 @@ def run(args) -> int:
             value = d.get(key)
             text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
             print(f"  {label:<26} {text}")
+        for p in r.prefixes:  # Matryoshka SAEs: each nested prefix of the latents
+            print(f"  prefix {p.width:<7} L0 {p.l0:.2f}, explained variance {p.explained_variance:.4f}, "
+                  f"CE recovered {p.ce_loss_recovered:.4f}, dead {p.dead_fraction:.4f}")
     return 0

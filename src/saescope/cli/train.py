@@ -10,7 +10,8 @@ _TRAIN_FIELDS = {
     "target_l0": "target_l0",
     "checkpoint_every": "checkpoint_every", "seed": "seed", "device": "device", "model": "model", "hook": "hook",
     "dataset": "dataset", "split": "dataset_split", "column": "dataset_column", "context_size": "context_size",
-    "wandb_project": "wandb_project", "log_every": "log_every",
+    "wandb_project": "wandb_project", "log_every": "log_every", "target_hook": "target_hook",
+    "matryoshka_widths": "matryoshka_widths",
 }
 
 
@@ -29,6 +30,10 @@ def _train(args) -> int:
     changes = {field: getattr(args, opt) for opt, field in _TRAIN_FIELDS.items() if getattr(args, opt) is not None}
     if args.no_plots:
         changes["plots"] = False
+    if args.skip:
+        changes["skip"] = True
+    if changes.get("matryoshka_widths") is not None:
+        changes["matryoshka_widths"] = tuple(changes["matryoshka_widths"])
     cfg = cfg.replace(**changes) if changes else cfg
     sae = train_from_config(cfg, activations=args.activations, out_dir=args.out, resume=args.resume)
     final = sae.cfg.metadata.extra.get("training", {}).get("final", {})
@@ -36,7 +41,8 @@ def _train(args) -> int:
         print_json({"out": str(args.out), "architecture": sae.cfg.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
                     **final})
     else:
-        print(f"saved {sae.cfg.architecture} SAE ({sae.d_in} -> {sae.d_sae}) to {args.out}")
+        kind = f"transcoder ({sae.d_in} -> {sae.d_sae} -> {sae.d_out})" if sae.is_transcoder else f"SAE ({sae.d_in} -> {sae.d_sae})"
+        print(f"saved {sae.cfg.architecture} {kind} to {args.out}")
         if final:
             print(f"final batch: L0 {final.get('l0', float('nan')):.1f}, explained variance "
                   f"{final.get('explained_variance', float('nan')):.3f}, dead {100 * final.get('dead_fraction', 0):.1f}%")
@@ -46,7 +52,8 @@ def _train(args) -> int:
 def _harvest(args) -> int:
     from ..train import harvest_activations
 
-    cache = harvest_activations(args.model, args.hook, args.dataset, args.tokens, args.out, device=args.device,
+    kw = {"target_hook": args.target_hook} if args.target_hook else {}
+    cache = harvest_activations(args.model, args.hook, args.dataset, args.tokens, args.out, device=args.device, **kw,
                                 split=args.split, column=args.column, context_size=args.context_size,
                                 seed=args.seed, batch_size=args.batch_size, exclude_special=not args.include_special,
                                 dtype=args.dtype)
@@ -63,6 +70,8 @@ def register(sub) -> None:
                                    "(sharded, memory-mapped, resumable) for `saescope train --activations`.")
     h.add_argument("--model", required=True, help="HF model id, local directory, or 'tiny'")
     h.add_argument("--hook", required=True, help="TransformerLens hook name, e.g. blocks.2.hook_resid_pre")
+    h.add_argument("--target-hook", default=None,
+                   help="also store this hook's activation beside --hook's: (input, target) pairs for a transcoder")
     h.add_argument("--dataset", required=True, help="HF dataset name, or a local .txt/.jsonl/.parquet file or folder")
     h.add_argument("--tokens", type=bounded_int(1, 10**12), required=True, help="number of activations to store")
     h.add_argument("--out", required=True, help="output directory (resumes an interrupted harvest)")
@@ -79,16 +88,23 @@ def register(sub) -> None:
 
     t = sub.add_parser("train", help="train a sparse autoencoder",
                        description="Train an SAE from --activations (a .npy/.safetensors [N, d_in] array or a harvest "
-                                   "directory) or from --model/--hook/--dataset. Unset options come from --config "
-                                   "(a JSON TrainConfig) or the defaults.")
+                                   "directory) or from --model/--hook/--dataset. With --target-hook it trains a "
+                                   "transcoder from --hook to --target-hook (e.g. blocks.1.ln2.hook_normalized -> "
+                                   "blocks.1.hook_mlp_out). Unset options come from --config (a JSON TrainConfig) "
+                                   "or the defaults.")
     t.add_argument("--activations", default=None, help=".npy / .safetensors [N, d_in] file or a harvest directory")
     t.add_argument("--model", default=None)
-    t.add_argument("--hook", default=None)
+    t.add_argument("--hook", default=None, help="input hook (TransformerLens name)")
+    t.add_argument("--target-hook", default=None,
+                   help="train a transcoder predicting this hook's activation from --hook's (from --model/--dataset)")
+    t.add_argument("--skip", action="store_true", help="transcoders: add a linear skip path W_skip")
+    t.add_argument("--matryoshka-widths", type=bounded_int(1, 1 << 26), nargs="+", default=None,
+                   help="architecture matryoshka: nested prefix widths (default d_sae/16, d_sae/4, d_sae)")
     t.add_argument("--dataset", default=None)
     t.add_argument("--split", default=None)
     t.add_argument("--column", default=None)
     t.add_argument("--context-size", type=bounded_int(2, 1 << 20), default=None)
-    t.add_argument("--architecture", choices=["relu", "topk", "batchtopk", "jumprelu", "gated"], default=None)
+    t.add_argument("--architecture", choices=["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"], default=None)
     t.add_argument("--k", type=bounded_int(1, 1 << 20), default=None)
     t.add_argument("--expansion", type=bounded_int(1, 1 << 10), default=None)
     t.add_argument("--d-sae", type=bounded_int(1, 1 << 26), default=None)

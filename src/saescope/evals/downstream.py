@@ -86,6 +86,7 @@ class EvalResult:
     kl_score: float = math.nan
     kl_score_mean_ablation: float = math.nan
     seconds: float = 0.0
+    prefixes: list = field(default_factory=list)   # Matryoshka SAEs: a PrefixResult per inner prefix (evals/prefixes.py)
     feature_density: torch.Tensor | None = field(default=None, repr=False)   # [d_sae]
 
     def to_dict(self, include_density: bool = False) -> dict:
@@ -99,6 +100,8 @@ class EvalResult:
                 continue
             if isinstance(value, M.DensityHistogram):
                 value = value.to_dict()
+            elif f.name == "prefixes":
+                value = [p.to_dict() for p in value]
             elif isinstance(value, float) and not math.isfinite(value):
                 value = None
             out[f.name] = value
@@ -167,14 +170,15 @@ def _prediction(att, x: torch.Tensor) -> torch.Tensor:
 def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, context_size: int | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, exclude_bos: bool = True, hook: str | None = None,
                  downstream: bool = True, seed: int = 0, name: str | None = None, split: str = "train",
-                 column: str = "text") -> EvalResult:
+                 column: str = "text", prefixes: bool = True) -> EvalResult:
     """Evaluate ``sae`` at its hook on about ``tokens`` tokens of ``texts_or_dataset``.
 
     texts_or_dataset: a dataset name or local file/folder (``saescope.data.iter_texts``), a list of texts, or
     a LongTensor ``[n, pos]`` of ready contexts. context_size: default the SAE's training context size or 128,
     at most the model's ``n_ctx``. exclude_bos: leave BOS/EOS/PAD tokens out of every metric (and out of the
     SAE splice). hook: override the SAE's ``metadata.hook_name``. downstream: also run CE/KL (4 full forwards
-    per batch). split / column: for dataset names and files (``iter_texts``). Returns an `EvalResult`; raises `NumericsError` on NaN/inf activations or reconstructions."""
+    per batch). split / column: for dataset names and files (``iter_texts``). prefixes: for a Matryoshka SAE
+    also evaluate each inner prefix of its latents (``result.prefixes``). Returns an `EvalResult`; raises `NumericsError` on NaN/inf activations or reconstructions."""
     t0 = time.perf_counter()
     meta = sae.cfg.metadata
     if hook is not None and hook != meta.hook_name:
@@ -207,6 +211,12 @@ def evaluate_sae(lm, sae, texts_or_dataset, tokens: int = DEFAULT_TOKENS, contex
     batches = [(ids_all[i:i + batch_size], mask_all[i:i + batch_size]) for i in range(0, len(ids_all), batch_size)]
     with progress(total=len(batches) * (2 if downstream else 1), desc="eval", unit="batch") as bar:
         result = _evaluate(att, batches, bar, downstream, name or sae_name(sae), exclude_bos, context_size)
+    if prefixes and sae.cfg.matryoshka_widths:
+        from .prefixes import evaluate_prefixes
+
+        result.prefixes = evaluate_prefixes(
+            evaluate_sae, lm, sae, ids_all, tokens=tokens, batch_size=batch_size, exclude_bos=exclude_bos,
+            downstream=downstream, seed=seed, prefixes=False)
     result.seconds = time.perf_counter() - t0
     log.info("evaluated %s on %d tokens in %.1fs: L0 %.1f, EV %.3f, CE recovered %.3f", result.sae, result.tokens,
              result.seconds, result.l0, result.explained_variance, result.ce_loss_recovered)

@@ -80,6 +80,9 @@ def to_json(graph, slug: str = "graph", node_threshold: float = 0.8, edge_thresh
     meta = {"slug": slug, "scan": graph.model or "saescope", "transcoder_list": list(graph.transcoders),
             "prompt_tokens": list(graph.token_strings), "prompt": graph.prompt, "node_threshold": node_threshold,
             "schema_version": 1}
+    scores = {k: v for k, v in (graph.info or {}).items() if k in ("replacement_score", "completeness_score")}
+    if scores:  # Neuronpedia's optional metadata.info; the graph view shows them
+        meta["info"] = {"generator": {"name": "saescope"}, **scores}
     q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     return {"metadata": meta, "qParams": q, "nodes": kept, "links": links}
 

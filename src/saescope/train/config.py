@@ -26,12 +26,14 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
+# transcoders (``target_hook`` set) train with a sparse selection; see ``transcoder.py``
+TRANSCODER_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    architecture: str = "topk"          # relu | topk | batchtopk | jumprelu | gated
+    architecture: str = "topk"          # relu | topk | batchtopk | jumprelu | gated | matryoshka (BatchTopK)
     d_sae: int | None = None            # number of latents; None -> expansion * d_in
     expansion: int = 16
     k: int = 32                         # topk / batchtopk: active latents per token (batchtopk: on average)
@@ -85,6 +87,11 @@ class TrainConfig:
     buffer_tokens: int = 65536          # streaming shuffle buffer
     wandb_project: str | None = None
     plots: bool = True
+    # Matryoshka BatchTopK: nested prefix widths, each with its own reconstruction loss (None -> d_sae/16, /4, 1)
+    matryoshka_widths: tuple | None = None
+    # transcoders: predict the activation at ``target_hook`` from the one at ``hook`` (optional linear skip)
+    target_hook: str | None = None
+    skip: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -117,6 +124,9 @@ class TrainConfig:
             raise ConfigError(f"b_dec_init: unknown value {self.b_dec_init!r}; choose geometric_median, mean or zeros")
         if self.checkpoint_every < 0 or self.ortho_every < 0 or self.lr_warmup_steps < 0 or self.resample_dead_every < 0:
             raise ConfigError("checkpoint_every, ortho_every, lr_warmup_steps and resample_dead_every must be >= 0")
+        from .matryoshka import check_train_options
+
+        check_train_options(self)
 
     # derived values ---------------------------------------------------------------------------------------
     def resolved_d_sae(self, d_in: int) -> int:
@@ -146,7 +156,12 @@ class TrainConfig:
 
     @property
     def sparse_topk(self) -> bool:
-        return self.architecture in ("topk", "batchtopk")
+        return self.architecture in ("topk", "batchtopk", "matryoshka")
+
+    @property
+    def batch_level_topk(self) -> bool:
+        """BatchTopK selection (its inference threshold is learned): batchtopk and matryoshka."""
+        return self.architecture in ("batchtopk", "matryoshka")
 
     @property
     def resolved_renormalize_decoder(self) -> bool:

@@ -17,16 +17,23 @@ def sae_class():
 
 
 def build_sae(model: TrainableSAE, cfg: TrainConfig, scale: float, meta: dict, extra: dict,
-              log_density: torch.Tensor | None):
-    """Export the trained parameters as an ``saescope.sae.SAE`` in raw activation space."""
+              log_density: torch.Tensor | None, scale_out: float = 1.0):
+    """Export the trained parameters as an ``saescope.sae.SAE`` in raw activation space. A Matryoshka SAE is
+    a BatchTopK SAE with its prefix widths; a transcoder (``model.d_out``) predicts ``meta["target_hook"]``."""
     SAE, SAEConfig, SAEMetadata = sae_class()
-    tensors = model.export_tensors(scale)
-    arch = {"batchtopk": "jumprelu"}.get(cfg.architecture, cfg.architecture)
+    d_out = getattr(model, "d_out", None)
+    tensors = model.export_tensors(scale) if d_out is None else model.export_tensors(scale, scale_out)
+    arch = {"batchtopk": "jumprelu", "matryoshka": "batchtopk"}.get(cfg.architecture, cfg.architecture)
+    widths = getattr(model, "widths", None)
+    if widths is not None and d_out is not None:
+        arch = "batchtopk"
     sae_cfg = SAEConfig(
         architecture=arch, d_in=model.d_in, d_sae=model.d_sae,
-        k=cfg.k if arch == "topk" else None,
-        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        k=cfg.k if arch in ("topk", "batchtopk") else None,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input and d_out is None,
+        d_out=d_out, skip=bool(d_out is not None and cfg.skip), matryoshka_widths=widths,
         metadata=SAEMetadata(model_name=meta.get("model"), hook_name=meta.get("hook"),
+                             hook_name_out=meta.get("target_hook") if d_out is not None else None,
                              prepend_bos=bool(meta.get("prepend_bos", cfg.prepend_bos)),
                              context_size=meta.get("context_size", cfg.context_size),
                              dataset_path=meta.get("dataset"), extra={"training": extra}),

@@ -27,9 +27,10 @@ from . import checkpoint as ckpt
 from . import distributed as ddp
 from .config import TrainConfig
 from .export import build_sae, sae_class, write_sparsity
-from .losses import TrainableSAE, geometric_median
+from .losses import geometric_median
 from .monitor import adam, lr_at, maybe_wandb, metrics_row
 from .sources import StreamSource, resolve_source
+from .variants import make_model, pair_mode
 from .sparsity import RunWatch, SparsityController, init_for_target
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class _RunState:
     scale: float = 1.0
     nonfinite: int = 0
     density_tokens: int = 0
+    scale_out: float = 1.0      # transcoders: the target's normalisation factor
 
 
 def _check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> bool:
@@ -93,11 +95,17 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         resuming = _check_out_dir(out, cfg, resume)  # every rank checks (same filesystem); only rank 0 writes
         ddp.barrier()
 
-    src = resolve_source(source, cfg, cfg.batch_size)
-    d_in = src.d_in
+    if pair_mode(source, cfg):  # a transcoder: rows are [x | y] pairs (``transcoder.py``)
+        from .transcoder import pair_source
+
+        src = pair_source(source, cfg, cfg.batch_size)
+    else:
+        src = resolve_source(source, cfg, cfg.batch_size)
+    split = getattr(src, "pair_split", None)
+    d_in = split[0] if split else src.d_in
     total = max(1, cfg.resolved_total_tokens(src.n) // cfg.batch_size)  # unset: one pass over a finite source
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = TrainableSAE(cfg, d_in, gen, device=device)
+    model = make_model(cfg, d_in, split, gen, device)
     params = [p for p in model.parameters()]
     opt = adam(model.param_groups(), cfg, device)
     st = _RunState()
@@ -119,7 +127,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             raise CheckpointError(f"{out / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE}: does not match this configuration "
                                   f"({type(exc).__name__}); choose another --out") from None
         st = _RunState(step=int(state["step"]), scale=float(state["scale"]), nonfinite=int(state["nonfinite"]),
-                       density_tokens=int(state["density_tokens"]))
+                       density_tokens=int(state["density_tokens"]), scale_out=float(state.get("scale_out", 1.0)))
         if state.get("done") and (out / "cfg.json").exists():
             log.info("%s: run already finished; loading the saved SAE", out)
             SAE, _, _ = sae_class()
@@ -138,6 +146,12 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         sample = sample[torch.isfinite(sample).all(1)]
         if sample.shape[0] == 0:
             raise NumericsError(f"{src.name}: the first {cfg.init_sample_tokens} activations are all NaN/inf")
+        if split:
+            sample, target = sample[:, :d_in], sample[:, d_in:]
+            if cfg.normalize_activations:
+                st.scale_out = math.sqrt(target.shape[1]) / max(float(target.norm(dim=1).mean()), 1e-30)
+            with torch.no_grad():
+                model.b_dec.copy_((target * st.scale_out).mean(0))
         if cfg.normalize_activations:
             mean_norm = float(sample.norm(dim=1).mean())
             if mean_norm <= 0:
@@ -145,7 +159,9 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             st.scale = math.sqrt(d_in) / mean_norm
         sample = sample * st.scale
         with torch.no_grad():
-            if cfg.b_dec_init == "geometric_median":
+            if split:
+                pass  # a transcoder's b_dec is the target's mean (above)
+            elif cfg.b_dec_init == "geometric_median":
                 model.b_dec.copy_(geometric_median(sample[:4096]).to(device))
             elif cfg.b_dec_init == "mean":
                 model.b_dec.copy_(sample.mean(0))
@@ -154,6 +170,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         del sample
         if world > 1:  # a sharded stream gives each rank its own sample: rank 0's initialisation is everyone's
             st.scale = float(ddp.broadcast_object(st.scale))
+            st.scale_out = float(ddp.broadcast_object(st.scale_out))
             with torch.no_grad():
                 model.b_dec.copy_(ddp.broadcast_object(model.b_dec.detach().cpu()).to(device))
     if isinstance(src, StreamSource) and st.step > 0:
@@ -175,7 +192,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         if not metrics_file.closed:
             metrics_file.flush()
         ckpt.save_state(out, {
-            "step": st.step, "scale": st.scale, "nonfinite": st.nonfinite, "density_tokens": st.density_tokens,
+            "step": st.step, "scale": st.scale, "scale_out": st.scale_out, "nonfinite": st.nonfinite, "density_tokens": st.density_tokens,
             "model": model.state_dict(), "optim": opt.state_dict(), "since_fired": since_fired.cpu(),
             "density_counts": density_counts.cpu(), "sparsity": control.state_dict(), "done": done,
             "version": __version__,
@@ -194,13 +211,16 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             step = st.step
             # 1. this rank's share of the batch: finite rows only, in normalised units
             x = src.batch(step, cfg.batch_size, rank, world).to(device=device, dtype=torch.float32)
-            x = _finite_rows(x, st, step, src.name) * st.scale
+            x = _finite_rows(x, st, step, src.name)
+            y = x[:, d_in:] * st.scale_out if split else None  # a transcoder's target
+            x = (x[:, :d_in] if split else x) * st.scale
             # 2. the architecture's loss (TopK: AuxK over dead latents; penalties: the controlled coefficient)
             dead = (since_fired >= dead_limit) if cfg.sparse_topk else None
             lr = lr_at(cfg, step, total)
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            out_step = model.loss(x, dead, l1_scale=control.scale(step))
+            l1_scale = control.scale(step)
+            out_step = model.loss(x, dead, l1_scale=l1_scale) if y is None else model.loss(x, dead, l1_scale, target=y)
             if not math.isfinite(out_step.parts["mse"]):
                 raise NumericsError(f"training diverged at step {step} (loss {float(out_step.loss)}); lower lr")
             # 3. gradients averaged over ranks; decoder-norm projection, clip, Adam, parameter constraints
@@ -223,7 +243,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
                 density_counts += counts.double()
                 st.density_tokens += n_tok
             control.update(float(counts.sum()) / n_tok)
-            if cfg.architecture == "batchtopk":
+            if cfg.batch_level_topk:
                 if step == int(total * max(0.5, 1.0 - cfg.lr_decay_fraction)):
                     model.batch_threshold.fill_(-1.0)  # estimate the inference threshold on the final weights
                 _update_batchtopk_threshold(model, out_step, cfg, world, device)
@@ -233,7 +253,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
             # 5. report: metrics row (every log_every steps), warnings, progress bar, checkpoint, callback
             row: dict = {}
             if st.step % cfg.log_every == 0 or st.step == total:
-                row = metrics_row(cfg, model, x, out_step, since_fired, st, lr, world, device, total)
+                row = metrics_row(cfg, model, x if y is None else y, out_step, since_fired, st, lr, world, device, total)
                 if control.target is not None:
                     row["sparsity_coefficient"] = control.scale(step) * (
                         cfg.l0_coefficient if cfg.architecture == "jumprelu" else cfg.l1_coefficient)
@@ -268,7 +288,7 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         density = torch.zeros(d_sae)
     log_density = torch.log10(density.clamp_min(1e-10))
     meta = dict(src.meta)
-    for key in ("model", "hook", "dataset"):
+    for key in ("model", "hook", "dataset", "target_hook"):
         if getattr(cfg, key) is not None:
             meta[key] = getattr(cfg, key)
     extra = {
@@ -280,9 +300,11 @@ def train_sae(source, config: TrainConfig | None = None, out_dir=None, resume: b
         "activations": meta.get("activations"),
         "final": {k: v for k, v in last_metrics.items() if isinstance(v, (int, float))},
     }
-    if cfg.architecture == "batchtopk":
+    if cfg.batch_level_topk:
         extra["batchtopk_threshold"] = float(model.batch_threshold)
-    sae = build_sae(model, cfg, st.scale, meta, extra, log_density)
+    if split:
+        extra.update(target_hook=meta.get("target_hook"), skip=cfg.skip, target_scale_folded=st.scale_out)
+    sae = build_sae(model, cfg, st.scale, meta, extra, log_density, scale_out=st.scale_out)
     if out is not None and main:
         sae.save(out)
         if not (out / "sparsity.safetensors").exists():
@@ -354,14 +376,23 @@ def train_from_config(cfg: TrainConfig, activations=None, out_dir=None, resume: 
 
     lm = LanguageModel.from_pretrained(cfg.model, device=cfg.device)
     lm.hook_width(cfg.hook)  # unknown hook -> HookError listing the valid names
+    if cfg.target_hook is not None:
+        lm.hook_width(cfg.target_hook)
     return train_sae((lm, cfg.hook, cfg.dataset), cfg, out_dir=out_dir, resume=resume)
 
 
-def harvest_activations(model: str, hook: str, dataset: str, tokens: int, out, device=None, **kwargs):
-    """``saescope harvest``: load the model and write an ActivationCache (see ``saescope.data.harvest``)."""
+def harvest_activations(model: str, hook: str, dataset: str, tokens: int, out, device=None, target_hook=None,
+                        **kwargs):
+    """``saescope harvest``: load the model and write an ActivationCache (see ``saescope.data.harvest``); with
+    ``target_hook`` a pair cache for transcoders (``transcoder.harvest_pairs``)."""
     from ..data.activations import harvest
     from ..lm import LanguageModel
 
     lm = LanguageModel.from_pretrained(model, device=device)
     lm.hook_width(hook)
+    if target_hook is not None:
+        from .transcoder import harvest_pairs
+
+        lm.hook_width(target_hook)
+        return harvest_pairs(lm, hook, target_hook, dataset, tokens, out, **kwargs)
     return harvest(lm, hook, dataset, tokens, out, **kwargs)
