@@ -202,3 +202,16 @@ def test_training_curve_tick_labels_do_not_overlap(data, tmp_path):
         assert len(boxes) >= 2
         for a, b in zip(boxes, boxes[1:]):
             assert a.x1 < b.x0, [t.get_text() for t in ax.get_xticklabels()]
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_jumprelu_thresholds_step_at_their_own_lr(data, scale):
+    """Adam's first step moves every parameter with a gradient by about lr: the thresholds move by lr times
+    jumprelu_threshold_lr_scale (default 30, so a short run can move thresholds that start near 2)."""
+    assert TrainConfig().jumprelu_threshold_lr_scale == 30.0 and TrainConfig().jumprelu_bandwidth == 0.5
+    cfg = TrainConfig(architecture="jumprelu", d_sae=64, batch_size=256, total_tokens=256, target_l0=0, lr=1e-3,
+                      lr_decay_fraction=0.0, jumprelu_init_threshold=0.1, jumprelu_threshold_lr_scale=scale,
+                      plots=False, seed=0)
+    sae = train_sae(data, cfg)
+    moved = (sae.threshold.detach() - 0.1).abs()
+    assert float(moved.max()) == pytest.approx(1e-3 * scale, rel=0.05), float(moved.max())

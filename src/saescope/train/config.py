@@ -50,10 +50,13 @@ class TrainConfig:
     l0_coefficient: float = 0.01        # jumprelu: L0 penalty (start value; the controller finds its level)
     target_l0: float | None = None      # relu / gated / jumprelu: None -> k; 0 -> fixed coefficient (see docstring)
     target_l0_gain: float = 0.1         # controller step on the log coefficient per unit of log(L0 / target)
-    jumprelu_bandwidth: float = 0.05    # jumprelu: straight-through estimator kernel width (normalised units)
+    jumprelu_bandwidth: float = 0.5     # jumprelu: straight-through estimator kernel width (normalised units;
+                                        # thresholds start near 2, and 0.05 left too little gradient in a short run)
     jumprelu_init_threshold: float = 0.1  # jumprelu with target_l0 = 0 (else thresholds start from the data)
     jumprelu_sparsity_loss: str = "step"  # jumprelu: step (L0 via the STE, DeepMind) | tanh (Anthropic 2025)
     jumprelu_tanh_scale: float = 4.0    # jumprelu tanh loss: sum_i tanh(scale * f_i * ||W_dec_i||)
+    jumprelu_threshold_lr_scale: float = 30.0  # jumprelu: the thresholds' lr is lr times this (Adam moves a
+                                        # parameter ~lr per step: at 1x a threshold near 2 cannot follow the controller)
     jumprelu_ste_to_input: bool = True  # jumprelu: pseudo-derivatives reach the encoder too (False: DeepMind's)
     aux_k: int | None = None            # topk / batchtopk: latents in the AuxK loss (None -> d_in // 2)
     aux_coefficient: float = 1 / 32
@@ -108,7 +111,7 @@ class TrainConfig:
             raise ConfigError(f"d_sae: must be a positive integer, got {self.d_sae!r}")
         for name in ("lr", "l1_coefficient", "l0_coefficient", "jumprelu_bandwidth", "jumprelu_init_threshold",
                      "aux_coefficient", "grad_clip", "lr_decay_fraction", "l1_warmup_fraction", "target_l0_gain",
-                     "jumprelu_tanh_scale"):
+                     "jumprelu_tanh_scale", "jumprelu_threshold_lr_scale"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}: must be a finite non-negative number, got {value!r}")

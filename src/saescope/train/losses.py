@@ -12,7 +12,8 @@ E||x|| = sqrt(d_in)); the scale is folded back into the exported SAE. The encode
     jumprelu   f = pre * H(pre - theta);          L = ||x - x_hat||^2 + l0 * sum_i H(pre_i - theta_i)
                (straight-through rectangle-kernel gradients for theta, Rajamanoharan et al. 2024; theta is a
                parameter kept >= 0 after each step, not exp(log theta): Adam moves a parameter by ~lr per step,
-               so a log parameter barely moves a threshold in a short run); with jumprelu_sparsity_loss="tanh"
+               so a log parameter barely moves a threshold in a short run; its lr is jumprelu_threshold_lr_scale
+               times lr, since thresholds start near 2 in normalised units); with jumprelu_sparsity_loss="tanh"
                the penalty is sum_i tanh(c f_i ||W_dec_i||) instead (Anthropic, 2025); with
                jumprelu_ste_to_input the pseudo-derivatives reach the encoder too (Anthropic), which a short
                run needs: otherwise only theta, moving ~lr per step, opposes an encoder that grows faster)
@@ -113,6 +114,13 @@ class TrainableSAE(nn.Module):
             self.b_mag = nn.Parameter(torch.zeros(d_sae, dtype=dtype, device=device))
         # BatchTopK inference threshold (EMA of the smallest kept activation); -1 = not yet estimated
         self.register_buffer("batch_threshold", torch.tensor(-1.0, dtype=torch.float64, device=device))
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups; ``lr_scale`` multiplies the scheduled lr (JumpReLU thresholds)."""
+        if self.arch != "jumprelu":
+            return [{"params": list(self.parameters())}]
+        rest = [p for name, p in self.named_parameters() if name != "threshold"]
+        return [{"params": rest}, {"params": [self.threshold], "lr_scale": float(self.cfg.jumprelu_threshold_lr_scale)}]
 
     # -------------------------------------------------------------------------------------------------
     def x_in(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ class Run:
         self.total = max(1, cfg.resolved_total_tokens(self.src.n) // cfg.batch_size)  # unset: one pass
         self.model = make_model(cfg, self.d_in, self.split, torch.Generator().manual_seed(cfg.seed), self.device)
         self.params = list(self.model.parameters())
-        self.opt = adam(self.params, cfg, self.device)
+        self.opt = adam(self.model.param_groups(), cfg, self.device)  # JumpReLU: thresholds at their own lr
         self.st = RunState()
         d_sae = self.model.d_sae
         self.since_fired = torch.zeros(d_sae, dtype=torch.long, device=self.device)
@@ -154,7 +154,7 @@ class Run:
         dead = (self.since_fired >= cfg.dead_after_tokens) if cfg.sparse_topk else None
         lr = lr_at(cfg, step, self.total)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         l1_scale = self.control.scale(step)
         out = model.loss(x, dead, l1_scale=l1_scale) if y is None else model.loss(x, dead, l1_scale, target=y)
         if not math.isfinite(out.parts["mse"]):
