@@ -17,8 +17,10 @@ target). Every SAE is then measured the same way on held-out text:
     tok/s       training tokens / wall seconds of the training call (the machine is shared: see the load)
 
 Goals: every sparsity-controlled row within +-20% of its target L0; JumpReLU and gated EV within 0.03 of TopK.
-Rows of other trainers plug in through ``EXTRA_ARCHS`` (name -> function(x, args) -> (SAE, seconds, target)):
-Matryoshka BatchTopK and transcoders register there when they exist.
+Matryoshka BatchTopK (widths d_sae/16, d_sae/4, d_sae) is trained by both libraries on the same activations. The
+transcoder row is a skip transcoder of the MLP of the layer ``--transcoder-layer`` (``blocks.L.ln2.hook_normalized``
+-> ``blocks.L.hook_mlp_out``, harvested as pairs from the same text): its EV is the target's, its CE loss recovered
+is with that MLP's output replaced. SAELens 6.54 trains no transcoder, so that row has no peer.
 """
 from __future__ import annotations
 
@@ -30,25 +32,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated")
-EXTRA_ARCHS: dict[str, Callable] = {}   # e.g. "matryoshka", "transcoder": function(x, args) -> (SAE, s, target)
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 
 
-def activations(lm, hook: str, text: str, tokens: int, context_size: int = 128, seed: int = 0) -> torch.Tensor:
-    """Activations [tokens, d_in] of one long text (cut into paragraphs as documents), shuffled."""
+def activations(lm, hook: str, text: str, tokens: int, context_size: int = 128, seed: int = 0,
+                target_hook: str | None = None) -> torch.Tensor:
+    """Activations [tokens, d_in] of one long text (cut into paragraphs as documents), shuffled; with
+    ``target_hook``, [x | y] pair rows of the two hooks at the same tokens (saescope's transcoder pair stream)."""
     from saescope.data import ActivationStream, token_contexts
 
     docs = [p for p in text.split("\n\n") if p.strip()]
     contexts = token_contexts(lm, docs, context_size, prepend_bos=True, seed=seed)
-    stream = ActivationStream(lm, hook, contexts, batch_size=4096, buffer_tokens=1 << 17, seed=seed,
-                              harvest_batch_size=32)
+    if target_hook is None:
+        stream = ActivationStream(lm, hook, contexts, batch_size=4096, buffer_tokens=1 << 17, seed=seed,
+                                  harvest_batch_size=32)
+    else:
+        from saescope.train.transcoder import PairStream
+
+        stream = PairStream(lm, hook, target_hook, contexts, 4096, 1 << 17, seed, True, 32)
     out, have = [], 0
     for batch in stream:
         out.append(batch)
@@ -79,7 +86,35 @@ def train_saescope(arch: str, x: torch.Tensor, args):
     return sae, time.perf_counter() - t0, target
 
 
-SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu", "gated": "gated"}
+def transcoder_row(lm, args, train_text: str, held_text: str, held_docs: list[str]) -> dict:
+    """A skip transcoder of one MLP, trained by saescope on (input, output) pairs of the same text."""
+    from saescope.train import TrainConfig, train_sae
+
+    hook_in, hook_out = f"blocks.{args.transcoder_layer}.ln2.hook_normalized", f"blocks.{args.transcoder_layer}.hook_mlp_out"
+    pairs = activations(lm, hook_in, train_text, args.tokens, seed=args.seed, target_hook=hook_out)
+    held = activations(lm, hook_in, held_text, args.eval_tokens, seed=args.seed + 1, target_hook=hook_out)
+    cfg = TrainConfig(architecture="batchtopk", expansion=args.expansion, k=args.k, batch_size=args.batch_size,
+                      seed=args.seed, model=args.model, hook=hook_in, target_hook=hook_out, skip=True, plots=False,
+                      log_every=50, dataset="../shared/corpus (train split)")
+    load, t0 = os.getloadavg()[0], time.perf_counter()
+    d_in = lm.hook_width(hook_in)
+    sae = train_sae((pairs[:, :d_in], pairs[:, d_in:]), cfg)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        x, y = held[:, :d_in], held[:, d_in:]
+        f, y_hat = sae.encode(x), sae(x)          # forward: decoder + skip path
+        ev = 1 - float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    n = (pairs.shape[0] // args.batch_size) * args.batch_size
+    return {"architecture": f"transcoder (skip, layer {args.transcoder_layer})", "library": "saescope",
+            "target_l0": float(args.k), "d_sae": sae.d_sae, "l0": float((f > 0).sum(-1).float().mean()),
+            "explained_variance": ev, "dead_fraction": float(1 - (f > 0).any(0).float().mean()),
+            "ce_loss_recovered": ce_recovered(lm, sae, held_docs, args.ce_tokens, hook_in),
+            "train_tokens": n, "train_seconds": round(seconds, 1), "tok_s": round(n / seconds), "load": round(load, 1),
+            "within_20pct": abs(float((f > 0).sum(-1).float().mean()) - args.k) <= 0.2 * args.k}
+
+
+SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu", "gated": "gated",
+           "matryoshka": "matryoshka_batchtopk"}
 
 
 def train_saelens(arch: str, x: torch.Tensor, args):
@@ -93,8 +128,10 @@ def train_saelens(arch: str, x: torch.Tensor, args):
 
     d_in, d_sae, k = x.shape[1], x.shape[1] * args.expansion, args.k
     kw: dict = dict(d_in=d_in, d_sae=d_sae, device="cpu", normalize_activations="expected_average_only_in")
-    if arch in ("topk", "batchtopk"):
+    if arch in ("topk", "batchtopk", "matryoshka"):
         kw["k"] = k
+    if arch == "matryoshka":
+        kw["matryoshka_widths"] = [d_sae // 16, d_sae // 4, d_sae]
     if arch == "jumprelu":
         kw.update(jumprelu_sparsity_loss_mode="quadratic", target_l0=float(k))
     sae = TrainingSAE.from_dict({"architecture": SAELENS[arch], **kw})
@@ -118,7 +155,7 @@ def train_saelens(arch: str, x: torch.Tensor, args):
         ours = SAE.load(tmp)
     ours.cfg = ours.cfg.replace(metadata={"hook_name": args.hook, "model_name": args.model,
                                                    "prepend_bos": True})
-    return ours, seconds, (float(k) if arch in ("topk", "batchtopk", "jumprelu") else None)
+    return ours, seconds, (float(k) if arch in ("topk", "batchtopk", "jumprelu", "matryoshka") else None)
 
 
 def ce_recovered(lm, sae, held_docs: list[str], tokens: int, hook: str) -> float:
@@ -143,7 +180,6 @@ def run_quality(args) -> list[dict]:
     logging.getLogger(__name__).info("harvested %d + %d activations in %.0fs", len(x), len(x_eval),
                                      time.perf_counter() - t0)
     jobs = [(arch, "saescope", train_saescope) for arch in args.archs if arch in ARCHS]
-    jobs += [(arch, "saescope", EXTRA_ARCHS[arch]) for arch in args.archs if arch in EXTRA_ARCHS]
     if not args.no_saelens:
         jobs += [(arch, "SAELens 6.54", train_saelens) for arch in args.archs if arch in SAELENS]
     rows = []
@@ -159,6 +195,8 @@ def run_quality(args) -> list[dict]:
             row["within_20pct"] = abs(row["l0"] - target) <= 0.2 * target
         rows.append(row)
         logging.getLogger(__name__).info("%s", row)
+    if "transcoder" in args.archs:
+        rows.append(transcoder_row(lm, args, train_text, held_text, held_docs))
     return rows
 
 
@@ -180,7 +218,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=200_000, help="training activations (one pass)")
     ap.add_argument("--eval-tokens", type=int, default=20_000)
     ap.add_argument("--ce-tokens", type=int, default=8192, help="held-out tokens for CE loss recovered")
-    ap.add_argument("--archs", nargs="+", default=list(ARCHS) + list(EXTRA_ARCHS))
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS) + ["transcoder"])
+    ap.add_argument("--transcoder-layer", type=int, default=1)
     ap.add_argument("--expansion", type=int, default=4)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=1024)

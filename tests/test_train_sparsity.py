@@ -163,6 +163,11 @@ def test_l0_not_falling_is_reported(caplog):
         for step in range(100):
             falling.update(step, 1.0, 300.0 / (1 + step))
     assert not caplog.records
+    overshoot = RunWatch(TrainConfig(batch_size=256), 100, None, "x", penalty=True, target=32.0)
+    with caplog.at_level(logging.WARNING, logger="saescope.train"):
+        for step in range(100):     # up to 120 by step 15, then coming down (61 at 30% of the run)
+            overshoot.update(step, 1.0, 120.0 * min(1.0, (step + 1) / 15) if step < 15 else 120.0 - 4.0 * (step - 14))
+    assert not caplog.records
 
 
 def test_rising_loss_is_reported_once(caplog):
