@@ -98,6 +98,25 @@ def test_no_module_over_the_size_limit(path):
     assert n <= MAX_MODULE_LINES, f"{path.relative_to(SRC)} has {n} lines (limit about 400): split it along its seams"
 
 
+MAX_FUNCTION_LINES = 90
+
+
+def test_no_function_over_the_size_limit():
+    """No function over about 80 lines. A route-group factory (``router(state, forms)``, whose body is the short
+    route handlers it registers) is measured by its longest handler instead."""
+    long = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if node.name == "router" and path.parent.name == "server":
+                continue
+            n = node.end_lineno - node.lineno + 1
+            if n > MAX_FUNCTION_LINES:
+                long.append(f"{path.relative_to(SRC)}:{node.name} ({n} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines, split them: {', '.join(long)}"
+
+
 def test_writes_go_through_io():
     """Crash-safe writes live in saescope._io: no other module renames temp files into place by hand."""
     offenders = []
