@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from .config import TrainConfig
-from .sparse import ActivePattern, batch_topk_pattern, decode_sparse, encode_at, topk_pattern
+from .sparse import ActivePattern, decode_sparse, encode_at, select_active, topk_pattern
 
 
 @dataclass
@@ -140,14 +140,8 @@ class TrainableSAE(nn.Module):
     def _loss_sparse(self, x, dead) -> StepOutput:
         cfg = self.cfg
         x_in = self.x_in(x)
-        with torch.no_grad():
-            pre = torch.addmm(self.b_enc, x_in, self.W_enc_T.t())
         B = x.shape[0]
-        if self.arch == "topk":
-            pattern, pre_vals = topk_pattern(pre, min(cfg.k, self.d_sae))
-        else:
-            pattern, pre_vals = batch_topk_pattern(pre, cfg.k * B)
-        vals = torch.relu(encode_at(x_in, self.W_enc_T, self.b_enc, pre_vals, pattern))
+        pre, pattern, vals = select_active(x_in, self.W_enc_T, self.b_enc, cfg.k, per_row=self.arch == "topk")
         x_hat = decode_sparse(vals, self.W_dec, pattern) + self.b_dec
         err = x_hat - x
         mse = err.pow(2).sum(-1).mean()

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from .losses import StepOutput, TrainableSAE
-from .sparse import batch_topk_pattern, decode_sparse, encode_at, topk_pattern
+from .sparse import decode_sparse, encode_at, select_active, topk_pattern
 
 DEFAULT_FRACTIONS = (1 / 16, 1 / 4, 1)
 
@@ -80,14 +80,8 @@ def sparse_step(model, x_in: torch.Tensor, target: torch.Tensor, dead: torch.Ten
     does not go through the latents (``b_dec``, plus a skip term); widths: Matryoshka prefixes (None: one level).
     """
     cfg = model.cfg
-    with torch.no_grad():
-        pre = torch.addmm(model.b_enc, x_in, model.W_enc_T.t())
     B = x_in.shape[0]
-    if cfg.architecture == "topk":
-        pattern, pre_vals = topk_pattern(pre, min(cfg.k, model.d_sae))
-    else:
-        pattern, pre_vals = batch_topk_pattern(pre, cfg.k * B)
-    vals = torch.relu(encode_at(x_in, model.W_enc_T, model.b_enc, pre_vals, pattern))
+    pre, pattern, vals = select_active(x_in, model.W_enc_T, model.b_enc, cfg.k, per_row=cfg.architecture == "topk")
     parts = {}
     loss = 0.0
     levels = widths or (model.d_sae,)

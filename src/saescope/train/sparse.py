@@ -190,3 +190,15 @@ def batch_topk_pattern(acts: torch.Tensor, k_total: int) -> tuple[ActivePattern,
     vals, idx = flat.topk(min(k_total, flat.numel()), sorted=False)
     pattern, order = ActivePattern.from_flat(idx, acts.shape[0], acts.shape[1])
     return pattern, vals[order]
+
+
+def select_active(x_in: torch.Tensor, W_enc_T: torch.Tensor, b_enc: torch.Tensor, k: int, per_row: bool):
+    """The TopK (``per_row``) or BatchTopK selection of a batch and its differentiable values:
+    x_in [B, d_in] -> (pre-activations [B, d_sae] without grad, pattern, values [nnz] = relu(pre) at the pattern)."""
+    with torch.no_grad():
+        pre = torch.addmm(b_enc, x_in, W_enc_T.t())
+    if per_row:
+        pattern, pre_vals = topk_pattern(pre, min(k, pre.shape[1]))
+    else:
+        pattern, pre_vals = batch_topk_pattern(pre, k * x_in.shape[0])
+    return pre, pattern, torch.relu(encode_at(x_in, W_enc_T, b_enc, pre_vals, pattern))
