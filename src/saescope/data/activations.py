@@ -276,6 +276,18 @@ class ActivationCache:
         return self.take_rows(np.asarray(item).reshape(-1))
 
 
+def open_matching(out: Path, settings: dict) -> "ActivationCache | None":
+    """The harvest already in ``out`` (to resume), or None; InputError naming the first setting that differs."""
+    if not (out / META_FILE).exists():
+        return None
+    cache = ActivationCache.open(out)
+    for key, value in settings.items():
+        if cache.meta.get(key) != value:
+            raise InputError(f"{out}: holds a harvest with a different {key} ({cache.meta.get(key)!r}, now "
+                             f"{value!r}); choose another --out")
+    return cache
+
+
 def harvest(lm, hook: str, dataset, tokens: int, out, split: str = "train", column: str = "text",
             context_size: int = 128, prepend_bos: bool = True, seed: int = 0, batch_size: int = 32,
             exclude_special: bool = True, dtype: str = "float32", shard_tokens: int = 262144,
@@ -294,13 +306,8 @@ def harvest(lm, hook: str, dataset, tokens: int, out, split: str = "train", colu
                 "dataset": dataset if isinstance(dataset, str) else "texts", "split": split, "column": column,
                 "context_size": context_size, "prepend_bos": prepend_bos, "seed": seed,
                 "exclude_special": exclude_special, "target_tokens": int(tokens)}
-    cache = None
-    if (out / META_FILE).exists():
-        cache = ActivationCache.open(out)
-        for key, value in settings.items():
-            if cache.meta.get(key) != value:
-                raise InputError(f"{out}: holds a harvest with a different {key} ({cache.meta.get(key)!r}, now "
-                                 f"{value!r}); choose another --out")
+    cache = open_matching(out, settings)
+    if cache is not None:
         if cache.d_in != d_in:
             raise HookError(f"{out}: cache d_in {cache.d_in} differs from the hook width {d_in}")
         if cache.meta.get("complete"):

@@ -195,8 +195,8 @@ def harvest_pairs(lm, hook: str, target_hook: str, dataset, tokens: int, out, sp
     Resumes an interrupted harvest with the same settings at the last written shard."""
     from pathlib import Path
 
-    from ..data.activations import (META_FILE, ActivationCache, _batched_contexts, _hook_width,
-                                    _special_token_ids)
+    from ..data.activations import (ActivationCache, _batched_contexts, _hook_width, _special_token_ids,
+                                    open_matching)
     from ..data.text import iter_texts, token_contexts
     from ..progress import progress
 
@@ -206,17 +206,12 @@ def harvest_pairs(lm, hook: str, target_hook: str, dataset, tokens: int, out, sp
                 "pair_split": list(widths), "dataset": dataset if isinstance(dataset, str) else "texts",
                 "split": split, "column": column, "context_size": context_size, "prepend_bos": prepend_bos,
                 "seed": seed, "exclude_special": exclude_special, "target_tokens": int(tokens)}
-    if (out / META_FILE).exists():
-        cache = ActivationCache.open(out)
-        for key, value in settings.items():
-            if cache.meta.get(key) != value:
-                raise InputError(f"{out}: holds a harvest with a different {key} ({cache.meta.get(key)!r}, now "
-                                 f"{value!r}); choose another --out")
-        if cache.meta.get("complete"):
-            return cache
-    elif out.exists() and any(out.iterdir()):
-        raise InputError(f"{out}: is not empty and holds no activation cache; choose an empty or new --out")
-    else:
+    cache = open_matching(out, settings)
+    if cache is not None and cache.meta.get("complete"):
+        return cache
+    if cache is None:
+        if out.exists() and any(out.iterdir()):
+            raise InputError(f"{out}: is not empty and holds no activation cache; choose an empty or new --out")
         cache = ActivationCache.create(out, sum(widths), settings, dtype=dtype, shard_tokens=shard_tokens)
     skip, have = int(cache.meta["contexts_done"]), len(cache)
     texts = iter_texts(dataset, split=split, column=column) if isinstance(dataset, str) else iter(dataset)
