@@ -165,8 +165,8 @@ def test_l0_not_falling_is_reported(caplog):
     assert not caplog.records
     overshoot = RunWatch(TrainConfig(batch_size=256), 100, None, "x", penalty=True, target=32.0)
     with caplog.at_level(logging.WARNING, logger="saescope.train"):
-        for step in range(100):     # up to 120 by step 15, then coming down (61 at 30% of the run)
-            overshoot.update(step, 1.0, 120.0 * min(1.0, (step + 1) / 15) if step < 15 else 120.0 - 4.0 * (step - 14))
+        for step in range(100):     # a default JumpReLU run's shape: up to 82 at 30% of the run, on target by half-way
+            overshoot.update(step, 1.0, 34 + 1.6 * step if step < 30 else max(31.0, 82 - 3.5 * (step - 30)))
     assert not caplog.records
 
 

@@ -121,12 +121,14 @@ class RunWatch:
                 if self.rising >= self.stretch:
                     self._warn("loss", "step %d: the training loss has risen for %d steps (%.4g, lowest %.4g); "
                                "lower lr or the sparsity coefficient", step + 1, self.rising, self.loss_ema, self.loss_min)
-        if self.penalty and step + 1 == max(1, int(0.3 * self.total)) and step + 1 >= 20:
-            # with a target: far above it and not coming down from its peak (an early overshoot that the controller
-            # is already bringing down is not reported)
-            if self.target is not None and l0 > 1.5 * self.target and l0 > 0.8 * self.l0_peak:
-                self._warn("l0", "step %d: L0 %.1f is not falling to its target %.4g (30%% of the run done); raise "
+        if not self.penalty or step + 1 < 20:
+            return
+        if self.target is not None and step + 1 == max(1, int(0.5 * self.total)):
+            # with a target, half-way: far above it and not coming down from its peak (the controller may first
+            # overshoot: a default JumpReLU run peaks near 2.5x its target at 30% and lands on it)
+            if l0 > 1.5 * self.target and l0 > 0.8 * self.l0_peak:
+                self._warn("l0", "step %d: L0 %.1f is not falling to its target %.4g (half of the run done); raise "
                            "target_l0_gain or the starting coefficient", step + 1, l0, self.target)
-            elif self.target is None and l0 >= 0.95 * self.l0_start:
-                self._warn("l0", "step %d: L0 %.1f has not fallen from %.1f (30%% of the run done); raise the sparsity "
-                           "coefficient or set target_l0", step + 1, l0, self.l0_start)
+        elif self.target is None and step + 1 == max(1, int(0.3 * self.total)) and l0 >= 0.95 * self.l0_start:
+            self._warn("l0", "step %d: L0 %.1f has not fallen from %.1f (30%% of the run done); raise the sparsity "
+                       "coefficient or set target_l0", step + 1, l0, self.l0_start)
