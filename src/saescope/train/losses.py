@@ -138,38 +138,7 @@ class TrainableSAE(nn.Module):
         return self._loss_dense(x, l1_scale)
 
     def _loss_sparse(self, x, dead) -> StepOutput:
-        cfg = self.cfg
-        x_in = self.x_in(x)
-        B = x.shape[0]
-        pre, pattern, vals = select_active(x_in, self.W_enc_T, self.b_enc, cfg.k, per_row=self.arch == "topk")
-        x_hat = decode_sparse(vals, self.W_dec, pattern) + self.b_dec
-        err = x_hat - x
-        mse = err.pow(2).sum(-1).mean()
-        loss = mse
-        parts = {"mse": float(mse.detach())}
-        with torch.no_grad():
-            positive = vals > 0
-            fire_counts = torch.bincount(pattern.cols[positive], minlength=self.d_sae).to(x.dtype)
-            l0 = float(positive.sum()) / B
-            extra = {}
-            if self.arch == "batchtopk" and bool(positive.any()):
-                extra["batch_min"] = float(vals[positive].min())
-        if dead is not None and cfg.aux_coefficient > 0:
-            n_dead = int(dead.sum())
-            if n_dead > 0:
-                k_aux = min(cfg.aux_k or self.d_in // 2, n_dead)
-                with torch.no_grad():
-                    pre_dead = pre.masked_fill(~dead, float("-inf"))
-                    aux_pattern, aux_pre = topk_pattern(pre_dead, k_aux)
-                aux_vals = torch.relu(encode_at(x_in, self.W_enc_T, self.b_enc, aux_pre, aux_pattern))
-                e_hat = decode_sparse(aux_vals, self.W_dec, aux_pattern)
-                residual = (x - x_hat).detach()
-                aux = (e_hat - residual).pow(2).sum(-1).mean()
-                scale = min(n_dead / (cfg.aux_k or self.d_in // 2), 1.0)
-                loss = loss + cfg.aux_coefficient * scale * aux
-                parts["aux"] = float(aux.detach())
-        del pre
-        return StepOutput(loss, parts, x_hat.detach(), fire_counts, l0, extra)
+        return sparse_step(self, self.x_in(x), x, dead, self.b_dec, None)
 
     SPARSE_RELU_DENSITY = 0.015  # below this fraction of active latents, ReLU uses the sparse path
 
@@ -347,6 +316,50 @@ class TrainableSAE(nn.Module):
             t["b_mag"] = self.b_mag.clone()
             t["r_mag"] = self.r_mag.clone()
         return {k: v.detach().float().cpu().contiguous() for k, v in t.items()}
+
+
+def sparse_step(model, x_in: torch.Tensor, target: torch.Tensor, dead: torch.Tensor | None,
+                base: torch.Tensor, widths: tuple[int, ...] | None) -> StepOutput:
+    """TopK / BatchTopK loss on the sparse path.
+
+    model: a TrainableSAE (``W_enc_T [d_sae, d_in]``, ``b_enc``, ``W_dec [d_sae, d_out]``); x_in [B, d_in] the
+    encoder input; target [B, d_out]; base [B, d_out] or [d_out] the differentiable part of the prediction that
+    does not go through the latents (``b_dec``, plus a skip term); widths: Matryoshka prefixes (None: one level).
+    """
+    cfg = model.cfg
+    B = x_in.shape[0]
+    pre, pattern, vals = select_active(x_in, model.W_enc_T, model.b_enc, cfg.k, per_row=cfg.architecture == "topk")
+    parts = {}
+    loss = 0.0
+    levels = widths or (model.d_sae,)
+    for w in levels:
+        v = vals if w >= model.d_sae else vals * (pattern.cols < w).to(vals.dtype)
+        y_hat = decode_sparse(v, model.W_dec, pattern) + base
+        mse_w = (y_hat - target).pow(2).sum(-1).mean()
+        loss = loss + mse_w
+        if widths:
+            parts[f"mse_{w}"] = float(mse_w.detach())
+    parts["mse"] = float(mse_w.detach())
+    with torch.no_grad():
+        positive = vals > 0
+        fire_counts = torch.bincount(pattern.cols[positive], minlength=model.d_sae).to(x_in.dtype)
+        l0 = float(positive.sum()) / B
+        extra = {}
+        if cfg.batch_level_topk and bool(positive.any()):
+            extra["batch_min"] = float(vals[positive].min())
+    if dead is not None and cfg.aux_coefficient > 0:
+        n_dead = int(dead.sum())
+        if n_dead > 0:
+            k_aux = min(cfg.aux_k or model.d_in // 2, n_dead)
+            with torch.no_grad():
+                aux_pattern, aux_pre = topk_pattern(pre.masked_fill(~dead, float("-inf")), k_aux)
+            aux_vals = torch.relu(encode_at(x_in, model.W_enc_T, model.b_enc, aux_pre, aux_pattern))
+            e_hat = decode_sparse(aux_vals, model.W_dec, aux_pattern)
+            aux = (e_hat - (target - y_hat).detach()).pow(2).sum(-1).mean()
+            loss = loss + cfg.aux_coefficient * min(n_dead / (cfg.aux_k or model.d_in // 2), 1.0) * aux
+            parts["aux"] = float(aux.detach())
+    del pre
+    return StepOutput(loss, parts, y_hat.detach(), fire_counts, l0, extra)
 
 
 def geometric_median(x: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:

@@ -13,16 +13,15 @@ level's loss, so general, frequent features settle there, and later ones refine 
 At inference it is a BatchTopK SAE: a JumpReLU with the threshold learned in training, saved as SAELens saves
 one (``jumprelu`` with ``training_architecture: matryoshka_batchtopk`` and the widths).
 
-``sparse_step`` is the TopK / BatchTopK loss over the sparse fast path for a given target, widths and skip
-term; the plain SAE (``losses.TrainableSAE``) keeps its own, the Matryoshka SAE and transcoders use this one.
+The loss is ``losses.sparse_step`` (the TopK / BatchTopK sparse path for a given target, widths and skip term),
+the one the plain SAE and the transcoders use too.
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import ConfigError
-from .losses import StepOutput, TrainableSAE
-from .sparse import decode_sparse, encode_at, select_active, topk_pattern
+from .losses import StepOutput, TrainableSAE, sparse_step
 
 DEFAULT_FRACTIONS = (1 / 16, 1 / 4, 1)
 
@@ -69,50 +68,6 @@ def resolved_widths(cfg, d_sae: int) -> tuple[int, ...] | None:
         if widths[-1] != d_sae:
             widths.append(d_sae)
     return tuple(widths)
-
-
-def sparse_step(model, x_in: torch.Tensor, target: torch.Tensor, dead: torch.Tensor | None,
-                base: torch.Tensor, widths: tuple[int, ...] | None) -> StepOutput:
-    """TopK / BatchTopK loss on the sparse path.
-
-    model: a TrainableSAE (``W_enc_T [d_sae, d_in]``, ``b_enc``, ``W_dec [d_sae, d_out]``); x_in [B, d_in] the
-    encoder input; target [B, d_out]; base [B, d_out] or [d_out] the differentiable part of the prediction that
-    does not go through the latents (``b_dec``, plus a skip term); widths: Matryoshka prefixes (None: one level).
-    """
-    cfg = model.cfg
-    B = x_in.shape[0]
-    pre, pattern, vals = select_active(x_in, model.W_enc_T, model.b_enc, cfg.k, per_row=cfg.architecture == "topk")
-    parts = {}
-    loss = 0.0
-    levels = widths or (model.d_sae,)
-    for w in levels:
-        v = vals if w >= model.d_sae else vals * (pattern.cols < w).to(vals.dtype)
-        y_hat = decode_sparse(v, model.W_dec, pattern) + base
-        mse_w = (y_hat - target).pow(2).sum(-1).mean()
-        loss = loss + mse_w
-        if widths:
-            parts[f"mse_{w}"] = float(mse_w.detach())
-    parts["mse"] = float(mse_w.detach())
-    with torch.no_grad():
-        positive = vals > 0
-        fire_counts = torch.bincount(pattern.cols[positive], minlength=model.d_sae).to(x_in.dtype)
-        l0 = float(positive.sum()) / B
-        extra = {}
-        if cfg.batch_level_topk and bool(positive.any()):
-            extra["batch_min"] = float(vals[positive].min())
-    if dead is not None and cfg.aux_coefficient > 0:
-        n_dead = int(dead.sum())
-        if n_dead > 0:
-            k_aux = min(cfg.aux_k or model.d_in // 2, n_dead)
-            with torch.no_grad():
-                aux_pattern, aux_pre = topk_pattern(pre.masked_fill(~dead, float("-inf")), k_aux)
-            aux_vals = torch.relu(encode_at(x_in, model.W_enc_T, model.b_enc, aux_pre, aux_pattern))
-            e_hat = decode_sparse(aux_vals, model.W_dec, aux_pattern)
-            aux = (e_hat - (target - y_hat).detach()).pow(2).sum(-1).mean()
-            loss = loss + cfg.aux_coefficient * min(n_dead / (cfg.aux_k or model.d_in // 2), 1.0) * aux
-            parts["aux"] = float(aux.detach())
-    del pre
-    return StepOutput(loss, parts, y_hat.detach(), fire_counts, l0, extra)
 
 
 class TrainableMatryoshka(TrainableSAE):

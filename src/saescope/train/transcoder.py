@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from .losses import StepOutput, TrainableSAE
-from .matryoshka import resolved_widths, sparse_step
+from .losses import StepOutput, TrainableSAE, sparse_step
+from .matryoshka import resolved_widths
 from .sources import ArraySource, StreamSource, load_array_file
 
 
