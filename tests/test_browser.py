@@ -3,23 +3,13 @@ browser): open the index, search a text and see features, open a feature page, s
 Screenshots go to test-artifacts/. Skipped without /usr/bin/chromium unless SAESCOPE_REQUIRE_BROWSER=1."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+from chromium import ARTIFACTS, open_page, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("one_thread")]
 
-if not CHROMIUM.exists():
-    if os.environ.get("SAESCOPE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("SAESCOPE_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing (apt-get install chromium)")
-    pytest.skip("no /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +19,8 @@ def server(one_thread, saescope_server):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        pg = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.set_default_timeout(60_000)
-        pg.errors = errors
+    with open_page(1200, 900, 60_000) as pg:
         yield pg
-        browser.close()
 
 
 def _shot(page, name: str) -> None:

@@ -5,27 +5,20 @@ circuit-tracer's graph-file models (graph_fixtures). Screenshots go to test-arti
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 from urllib.request import urlopen
 
 import pytest
 
+from chromium import ARTIFACTS, open_page, require_chromium
 from graph_fixtures import build_graph, random_transcoders, write_graph
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SERVED = "tiny:resid2-topk"
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("one_thread")]
 
-if not CHROMIUM.exists():
-    if os.environ.get("SAESCOPE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("SAESCOPE_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing (apt-get install chromium)")
-    pytest.skip("no /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +50,8 @@ def server(one_thread, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        pg = browser.new_page(viewport={"width": 1300, "height": 1000})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.set_default_timeout(30_000)
-        pg.errors = errors
+    with open_page(1300, 1000, 30_000) as pg:
         yield pg
-        browser.close()
 
 
 def _expected(node_t: float, edge_t: float):
